@@ -1,0 +1,52 @@
+"""Every runtime setting of the product, in one place, read from the environment.
+
+Each field is `BACKSTORY_<NAME>` in the environment (e.g. `BACKSTORY_MODEL=runs/tiny`). The README's
+configuration table lists them; keep the two in step.
+"""
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL = str(ROOT / "models" / "backstory")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="BACKSTORY_", env_file=".env", extra="ignore")
+
+    # Model service
+    model: str = Field(DEFAULT_MODEL, description="Model folder, BentoML model tag or Hub id.")
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
+    threads: int = Field(0, ge=0, description="torch CPU threads; 0 = all cores.")
+    max_batch_size: int = Field(32, ge=1, le=256, description="Adaptive batching: rows per batch.")
+    max_latency_ms: int = Field(60_000, ge=10, description="Adaptive batching: latency budget.")
+    batch_wait_ms: int = Field(10, ge=0, description="Stream batcher: wait for more rows.")
+    max_concurrency: int = Field(64, ge=1, description="Requests one model replica admits.")
+    timeout_s: int = Field(120, ge=1, description="Traffic timeout of each service.")
+
+    # Generation defaults and limits
+    max_new_tokens: int = Field(200, ge=1, description="Default length of a backstory in tokens.")
+    max_new_tokens_limit: int = Field(400, ge=1, description="Largest max_new_tokens accepted.")
+    temperature: float = Field(0.8, gt=0, le=2, description="Default sampling temperature.")
+    top_p: float = Field(0.95, gt=0, le=1, description="Default nucleus sampling mass.")
+    top_k: int = Field(50, ge=0, description="Default top-k (0 = off).")
+    repetition_penalty: float = Field(1.2, ge=1, le=2, description="Default repetition penalty.")
+    name_max_chars: int = Field(80, ge=1, description="Longest accepted name.")
+    description_max_chars: int = Field(600, ge=1, description="Longest accepted description.")
+
+    # Gateway
+    model_url: str = Field(
+        "http://127.0.0.1:3000", description="Model service URL for the standalone gateway."
+    )
+    api_key: str = Field("", description="If set, API routes require it (X-API-Key / Bearer).")
+    cors_origins: list[str] = Field(default_factory=list, description="Allowed CORS origins.")
+    max_body_bytes: int = Field(16_384, ge=1024, description="Largest accepted request body.")
+    log_text: bool = Field(False, description="Log user text (debug only).")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,153 @@
+"""The model in memory: load it, generate batches of backstories, stream them token by token.
+
+Used by the BentoML model service, the training run's sample backstories and the evaluation.
+"""
+
+import random
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+from backstory.config import Settings
+from backstory.sampling import RowSampler, RowSettings
+from backstory.schemas import BackstoryRequest, Generation
+from backstory.text import build_prompt, clean_backstory, find_stop, normalize
+
+StepCallback = Callable[[list[int]], None]  # called with each step's new token of every row
+Emit = Callable[[int, str], None]  # called with (row, new text) as a row's story grows
+
+
+def resolve_model(ref: str) -> str:
+    """A model folder as is; otherwise a BentoML model-store tag; otherwise a Hub id."""
+    if Path(ref).is_dir():
+        return ref
+    import bentoml
+
+    try:
+        return bentoml.models.get(ref).path
+    except Exception:  # not a tag, or not in the store: let transformers try the Hub
+        return ref
+
+
+def pick_device(setting: str = "auto") -> torch.device:
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(setting)
+
+
+class Engine:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.device = pick_device(settings.device)
+        if settings.threads:
+            torch.set_num_threads(settings.threads)
+        path = resolve_model(settings.model)
+        # fp16 weights are upcast on CPU, where half precision matmuls are slow.
+        dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        self.tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(self.device).eval()
+        self.name = Path(path).name if Path(path).is_dir() else path
+        self.parameters = sum(p.numel() for p in self.model.parameters())
+        self.context = getattr(self.model.config, "n_positions", None) or getattr(
+            self.model.config, "max_position_embeddings", 2048)
+        self.lock = threading.Lock()  # one batch at a time: batches already use every core
+
+    def row_settings(self, r: BackstoryRequest) -> RowSettings:
+        s = self.settings
+        max_new = max(r.max_new_tokens or s.max_new_tokens, r.min_new_tokens)
+        return RowSettings(
+            temperature=r.temperature or s.temperature, top_p=r.top_p or s.top_p,
+            top_k=s.top_k if r.top_k is None else r.top_k,
+            repetition_penalty=r.repetition_penalty or s.repetition_penalty,
+            seed=random.getrandbits(32) if r.seed is None else r.seed,
+            min_new_tokens=r.min_new_tokens, max_new_tokens=max_new,
+        )
+
+    @torch.inference_mode()
+    def generate(self, requests: list[BackstoryRequest], emit: Emit | None = None,
+                 rows: list[RowSettings] | None = None) -> list[Generation]:
+        """One batched generate() for all requests, each with its own settings and seed.
+        With `emit`, each row's text is also streamed as it grows; `rows` lets the caller keep
+        the rows' cancel events."""
+        rows = rows or [self.row_settings(r) for r in requests]
+        prompts = [build_prompt(r.name, r.description) for r in requests]
+        enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = {k: v[:, -self.context + 1:].to(self.device) for k, v in enc.items()}
+        prompt_len = enc["input_ids"].shape[1]
+        budget = max(1, self.context - prompt_len)
+        for row in rows:  # never run past the model's context
+            row.max_new_tokens = min(row.max_new_tokens, budget)
+            row.min_new_tokens = min(row.min_new_tokens, row.max_new_tokens)
+        eos = self.tokenizer.eos_token_id
+        config = GenerationConfig(
+            do_sample=False, max_new_tokens=max(r.max_new_tokens for r in rows),
+            eos_token_id=eos, pad_token_id=self.tokenizer.pad_token_id, use_cache=True)
+        sampler = RowSampler(rows, prompt_len, eos, self.device)
+        streamer = None
+        if emit:
+            openers = [normalize(r.name) for r in requests]
+            streamer = _StepStreamer(_Detokenizer(self.tokenizer, rows, openers, emit))
+        with self.lock:
+            out = self.model.generate(**enc, generation_config=config,
+                                      logits_processor=[sampler], streamer=streamer)
+        return [self._result(r, row, ids) for r, row, ids in
+                zip(requests, rows, out[:, prompt_len:].tolist())]
+
+    def _result(self, request: BackstoryRequest, row: RowSettings, ids: list[int]) -> Generation:
+        eos = self.tokenizer.eos_token_id
+        ids = ids[: ids.index(eos)] if eos in ids else ids
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        return Generation(backstory=clean_backstory(text, opener=normalize(request.name)),
+                          tokens=len(ids), seed=row.seed, model=self.name)
+
+
+class _Detokenizer:
+    """Turns each step's tokens into per-row text deltas; ends a row that starts a new header."""
+
+    def __init__(self, tokenizer, rows: list[RowSettings], openers: list[str], emit: Emit):
+        self.tokenizer, self.rows, self.openers, self.emit = tokenizer, rows, openers, emit
+        self.ids: list[list[int]] = [[] for _ in rows]
+        self.sent = [0] * len(rows)
+        for i, opener in enumerate(openers):
+            emit(i, opener)
+
+    def __call__(self, step_tokens: list[int]) -> None:
+        eos = self.tokenizer.eos_token_id
+        for i, token in enumerate(step_tokens):
+            row = self.rows[i]
+            if row.cancelled.is_set() or token == eos:
+                row.cancelled.set()  # the row is done either way: nothing more to send
+                continue
+            self.ids[i].append(token)
+            text = self.openers[i] + self.tokenizer.decode(self.ids[i], skip_special_tokens=True)
+            if text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
+                continue
+            stop = find_stop(text)
+            if stop is not None:
+                text = text[:stop]
+                row.cancelled.set()
+            start = max(self.sent[i], len(self.openers[i]))
+            if len(text) > start:
+                self.emit(i, text[start:])
+                self.sent[i] = len(text)
+
+
+class _StepStreamer:
+    """transformers streamer protocol: put() gets the prompt once, then each step's tokens."""
+
+    def __init__(self, on_step: StepCallback):
+        self.on_step, self.prompt_seen = on_step, False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:
+            self.prompt_seen = True
+            return
+        self.on_step(value.reshape(-1).tolist())
+
+    def end(self) -> None:
+        pass

@@ -1,0 +1,84 @@
+"""Per-row sampling for batched generation.
+
+transformers' generate() applies one temperature/top-p/seed to a whole batch, but a batch built by
+adaptive batching mixes requests with their own settings and seeds. So sampling happens here, in a
+LogitsProcessor: it draws each row's next token with that row's settings and its own
+torch.Generator, then leaves only that token open, and generate() runs greedy (do_sample=False).
+A row thus gets the same tokens for a given seed whether it runs alone or in a batch.
+"""
+
+import threading
+from dataclasses import dataclass, field
+
+import torch
+from transformers import LogitsProcessor
+
+NEG_INF = float("-inf")
+
+
+@dataclass
+class RowSettings:
+    temperature: float
+    top_p: float
+    top_k: int
+    repetition_penalty: float
+    seed: int
+    min_new_tokens: int
+    max_new_tokens: int
+    # Set when the client has gone: the row ends at the next step and frees its slot.
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+
+class RowSampler(LogitsProcessor):
+    def __init__(self, rows: list[RowSettings], prompt_len: int, eos_id: int, device):
+        def col(name, dtype=torch.float32):
+            return torch.tensor([getattr(r, name) for r in rows], dtype=dtype, device=device)[:, None]
+
+        self.temperature, self.top_p = col("temperature"), col("top_p")
+        self.penalty = col("repetition_penalty")
+        self.top_k = [r.top_k for r in rows]
+        self.min_new = [r.min_new_tokens for r in rows]
+        self.max_new = [r.max_new_tokens for r in rows]
+        self.cancelled = [r.cancelled for r in rows]
+        self.generators = [torch.Generator(device=device).manual_seed(r.seed) for r in rows]
+        self.prompt_len, self.eos_id = prompt_len, eos_id
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        step = input_ids.shape[1] - self.prompt_len
+        scores = self._penalise(input_ids, scores.float()) / self.temperature
+        for i, lo in enumerate(self.min_new):
+            if step < lo:
+                scores[i, self.eos_id] = NEG_INF
+        probs, order = self._truncate(scores)
+        # Inverse-CDF sampling, one uniform draw per row from the row's own generator: unlike
+        # torch.multinomial, the pick does not depend on how many tokens the batch kept (k).
+        u = torch.cat([torch.rand(1, generator=g, device=scores.device) for g in self.generators])
+        cdf = probs.cumsum(dim=1)
+        pick = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None]).clamp(max=probs.shape[1] - 1)
+        chosen = order.gather(1, pick).squeeze(1)
+        for i in range(len(chosen)):
+            # A row ends at its own max_new_tokens even when the batch runs longer.
+            if step >= self.max_new[i] or self.cancelled[i].is_set():
+                chosen[i] = self.eos_id
+        out = torch.full_like(scores, NEG_INF)
+        out.scatter_(1, chosen[:, None], 0.0)
+        return out
+
+    def _penalise(self, input_ids, scores):
+        seen = torch.gather(scores, 1, input_ids)
+        seen = torch.where(seen < 0, seen * self.penalty, seen / self.penalty)
+        return scores.scatter(1, input_ids, seen)
+
+    def _truncate(self, scores):
+        """Top-k then top-p per row, over the k best tokens only (a full sort of the vocabulary
+        every step costs more than the model on small CPU batches)."""
+        k = scores.shape[1] if min(self.top_k) == 0 else min(max(self.top_k), scores.shape[1])
+        top, order = torch.topk(scores, k, dim=1)
+        ranks = torch.arange(k, device=scores.device)[None, :]
+        row_k = torch.tensor([t or k for t in self.top_k], device=scores.device)[:, None]
+        top = top.masked_fill(ranks >= row_k, NEG_INF)
+        probs = torch.softmax(top, dim=1)
+        # Keep the smallest prefix whose mass reaches top_p (always at least the best token).
+        outside = probs.cumsum(dim=1) - probs >= self.top_p
+        probs = probs.masked_fill(outside, 0.0)
+        return probs, order

@@ -1,0 +1,84 @@
+"""The text format the model is trained on and prompted with, and the clean-up of its output.
+
+Training and serving share this file so that the prompt at serving time is exactly the format the
+model saw in training:
+
+    <|endoftext|>Name: Kaylon
+    Description: An empire of androids that killed their biological creators.
+
+    Kaylon ... (the story)<|endoftext|>
+"""
+
+import re
+import unicodedata
+
+EOS = "<|endoftext|>"
+HEADER = "Name: {name}\nDescription: {description}\n\n"
+# A model that finishes one story may start the next example's header: cut there.
+STOP_MARKERS = ("\nName:", "\nDescription:", EOS)
+
+_SPACES = re.compile(r"[ \t\r\f\v]+")
+_PARAGRAPH_BREAKS = re.compile(r"\s*\n\s*\n\s*")
+_LINE_BREAK = re.compile(r"\s*\n\s*")
+# A sentence ends with . ! ? (or an ellipsis), optionally closed by quotes or brackets.
+_SENTENCE_END = re.compile(r"[.!?\u2026][\"'\u201d\u2019)\]]*(?=\s|$)")
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def normalize(text: str) -> str:
+    """Unicode NFC, straight whitespace, paragraphs separated by one blank line."""
+    text = unicodedata.normalize("NFC", text).replace("\u00a0", " ")
+    paragraphs = [_SPACES.sub(" ", _LINE_BREAK.sub(" ", p)).strip()
+                  for p in _PARAGRAPH_BREAKS.split(text)]
+    return "\n\n".join(p for p in paragraphs if p)
+
+
+def has_control_chars(text: str) -> bool:
+    """True for NUL and other C0/C1 control characters (tab and newline are allowed)."""
+    return bool(_CONTROL.search(text))
+
+
+def header(name: str, description: str) -> str:
+    return HEADER.format(name=normalize(name), description=normalize(description))
+
+
+def build_prompt(name: str, description: str, opener: bool = True) -> str:
+    """The prompt for one backstory. With `opener` the story starts with the character's name,
+    which anchors the model on the character from its first token."""
+    return EOS + header(name, description) + (normalize(name) if opener else "")
+
+
+def find_stop(text: str) -> int | None:
+    """Index where generated text stops being the story (the model began a new example)."""
+    hits = [i for i in (text.find(m) for m in STOP_MARKERS) if i >= 0]
+    return min(hits) if hits else None
+
+
+def trim_to_sentence(text: str) -> str:
+    """Cut after the last complete sentence; keep the text whole if it has none."""
+    ends = list(_SENTENCE_END.finditer(text))
+    return text[: ends[-1].end()] if ends else text
+
+
+def clean_backstory(generated: str, opener: str = "") -> str:
+    """Post-process model output into the backstory shown to the user.
+
+    `generated` is the new text only (the prompt already stripped); `opener` is the part of the
+    prompt that belongs to the story (the name it starts with)."""
+    text = opener + generated
+    stop = find_stop(text)
+    if stop is not None:
+        text = text[:stop]
+    paragraphs = [_SPACES.sub(" ", p).strip() for p in _PARAGRAPH_BREAKS.split(text)]
+    text = "\n\n".join(p for p in paragraphs if p)
+    return trim_to_sentence(text).strip()
+
+
+def split_sentences(paragraph: str) -> list[str]:
+    """Sentences of one paragraph, each with its closing punctuation."""
+    out, start = [], 0
+    for m in _SENTENCE_END.finditer(paragraph):
+        out.append(paragraph[start : m.end()].strip())
+        start = m.end()
+    tail = paragraph[start:].strip()
+    return [s for s in out + [tail] if s]

@@ -1,0 +1,83 @@
+"""Start real servers as subprocesses, for the tests and the benchmarks.
+
+Each server runs in its own process group on 127.0.0.1 and a free port; we poll its readiness URL
+with a deadline and kill the whole group afterwards (a failed BentoML worker can leave
+`bentoml serve` running without ever becoming ready).
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "BENTOML_DO_NOT_TRACK": "true",
+               "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(url: str, proc: subprocess.Popen, deadline_s: float) -> None:
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before becoming ready")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    raise TimeoutError(f"{url} not ready after {deadline_s:.0f} s")
+
+
+def stop(proc: subprocess.Popen, grace_s: float = 10) -> None:
+    """SIGTERM the process group, then SIGKILL whatever is left after the grace period."""
+    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+@contextmanager
+def running(cmd: list[str], ready_url: str, env: dict[str, str] | None = None,
+            log_path: Path | None = None, deadline_s: float = 180) -> Iterator[subprocess.Popen]:
+    log = open(log_path, "wb") if log_path else subprocess.DEVNULL
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **OFFLINE_ENV, **(env or {})},
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_ready(ready_url, proc, deadline_s)
+        yield proc
+    finally:
+        stop(proc)
+        if log_path:
+            log.close()
+
+
+@contextmanager
+def bentoml_serve(model: str, port: int | None = None, env: dict[str, str] | None = None,
+                  log_path: Path | None = None, target: str = "service:Gateway") -> Iterator[str]:
+    """`bentoml serve` of the whole stack on `model`; yields the base URL."""
+    port = port or free_port()
+    cmd = [sys.executable, "-m", "bentoml", "serve", target, "--host", "127.0.0.1",
+           "--port", str(port)]
+    base = f"http://127.0.0.1:{port}"
+    with running(cmd, f"{base}/readyz", {"BACKSTORY_MODEL": model, **(env or {})}, log_path):
+        yield base

@@ -1,0 +1,110 @@
+"""Cross-cutting HTTP concerns, as one pure ASGI middleware (safe for streamed responses):
+request ids, one structured log line per request, security headers, body size limit, API key."""
+
+import hmac
+import json
+import logging
+import time
+import uuid
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from backstory.config import get_settings
+
+log = logging.getLogger("backstory.access")
+PROTECTED = ("/api/", "/generate")
+SECURITY_HEADERS = [
+    (b"content-security-policy", b"default-src 'self'; script-src 'self'; style-src 'self'; "
+     b"img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; "
+     b"form-action 'self'"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-frame-options", b"DENY"),
+]
+
+
+def presented_key(headers: dict[bytes, bytes]) -> str:
+    auth = headers.get(b"authorization", b"").decode("latin-1")
+    if auth.lower().startswith("bearer "):
+        return auth[7:].strip()
+    return headers.get(b"x-api-key", b"").decode("latin-1")
+
+
+class GatewayMiddleware:
+    def __init__(self, app):
+        self.app, self.settings = app, get_settings()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        request_id = headers.get(b"x-request-id", b"").decode("latin-1")[:64] or uuid.uuid4().hex
+        started, state = time.perf_counter(), {"status": 500}
+        path = scope["path"]
+
+        async def send_wrapper(message):
+            if message["type"] == "http.response.start":
+                state["status"] = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], *SECURITY_HEADERS,
+                                      (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        try:
+            if error := self.refuse(path, headers):
+                status, text = error
+                return await self.reply(send_wrapper, status, text)
+            await self.app(scope, self.limited(receive), send_wrapper)
+        except _TooLarge:
+            await self.reply(send_wrapper, 413,
+                             f"request body larger than {self.settings.max_body_bytes} bytes")
+        finally:
+            log.info(json.dumps({"request_id": request_id, "method": scope["method"],
+                                 "route": path, "status": state["status"],
+                                 "ms": round((time.perf_counter() - started) * 1000, 1)}))
+
+    def refuse(self, path: str, headers: dict) -> tuple[int, str] | None:
+        key = self.settings.api_key
+        if key and path.startswith(PROTECTED) and not hmac.compare_digest(
+                presented_key(headers).encode(), key.encode()):
+            return 401, "missing or wrong API key (send X-API-Key or Authorization: Bearer)"
+        length = headers.get(b"content-length", b"0")
+        if length.isdigit() and int(length) > self.settings.max_body_bytes:
+            return 413, f"request body larger than {self.settings.max_body_bytes} bytes"
+        return None
+
+    def limited(self, receive):
+        """Count body bytes as they arrive: Content-Length can be absent (chunked uploads)."""
+        seen = 0
+
+        async def wrapped():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.settings.max_body_bytes:
+                raise _TooLarge
+            return message
+
+        return wrapped
+
+    @staticmethod
+    async def reply(send, status: int, text: str) -> None:
+        body = json.dumps({"error": text}).encode()
+        extra = [(b"www-authenticate", b"Bearer")] if status == 401 else []
+        await send({"type": "http.response.start", "status": status, "headers": [
+            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+            *extra]})
+        await send({"type": "http.response.body", "body": body})
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def install_middleware(app: FastAPI) -> None:
+    settings = get_settings()
+    if settings.cors_origins:  # off unless configured
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
+                           allow_methods=["GET", "POST"], allow_headers=["*"])
+    app.add_middleware(GatewayMiddleware)

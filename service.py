@@ -1,0 +1,100 @@
+"""BentoML services: `Backstory` holds the model; `Gateway` serves the web app and calls it.
+
+    bentoml serve service:Gateway          # both services, one command (see the Makefile)
+
+The decorators carry the operational settings; their values come from backstory.config.Settings
+(environment variables BACKSTORY_*), documented in the README.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import AsyncGenerator
+
+import bentoml
+from bentoml.exceptions import ServiceUnavailable
+
+from backstory.config import get_settings
+from backstory.schemas import BackstoryRequest, Generation
+from gateway.app import app as gateway_app
+from gateway.client import ModelClient
+
+settings = get_settings()
+
+
+@bentoml.service(
+    name="backstory-model",
+    traffic={"timeout": settings.timeout_s, "max_concurrency": settings.max_concurrency},
+    resources={"cpu": "2", "memory": "2Gi"},
+    workers=1,
+)
+class Backstory:
+    """The model: adaptive batches for whole backstories, a micro-batcher for streams."""
+
+    def __init__(self) -> None:
+        self.engine = None
+        self.error: str | None = None
+        # Load in the background: the server answers /livez at once and /readyz when loaded.
+        threading.Thread(target=self._load, name="load-model", daemon=True).start()
+
+    def _load(self) -> None:
+        from backstory.engine import Engine
+        from backstory.streaming import StreamBatcher
+
+        try:
+            engine = Engine(settings)
+        except Exception as e:  # a bad model path must show in /status and logs, not hang
+            self.error = f"model {settings.model!r} failed to load: {e}"
+            raise
+        self.streams = StreamBatcher(engine, settings.max_batch_size, settings.batch_wait_ms)
+        self.engine = engine
+
+    def __is_ready__(self) -> bool:
+        return self.engine is not None
+
+    def _ready_engine(self):
+        if self.engine is None:
+            raise ServiceUnavailable(self.error or "the model is still loading")
+        return self.engine
+
+    @bentoml.api(batchable=True, max_batch_size=settings.max_batch_size,
+                 max_latency_ms=settings.max_latency_ms)
+    def generate(self, requests: list[BackstoryRequest]) -> list[Generation]:
+        """Whole backstories. BentoML merges concurrent calls into one batch (one generate())."""
+        return self._ready_engine().generate(requests)
+
+    @bentoml.api
+    async def stream(self, request: BackstoryRequest) -> AsyncGenerator[str, None]:
+        """A backstory as it is generated: JSON lines {"text": ...}, then {"result": {...}}."""
+        self._ready_engine()
+        async for kind, value in self.streams.submit(request):
+            payload = {"text": value} if kind == "text" else {"result": value.model_dump()}
+            yield json.dumps(payload) + "\n"
+
+    @bentoml.api
+    def info(self) -> dict:
+        engine = self._ready_engine()
+        return {
+            "model": engine.name, "device": str(engine.device), "parameters": engine.parameters,
+            "context": engine.context, "max_batch_size": settings.max_batch_size,
+            "max_latency_ms": settings.max_latency_ms, "batch_wait_ms": settings.batch_wait_ms,
+        }
+
+
+@bentoml.service(
+    name="backstory-gateway",
+    traffic={"timeout": settings.timeout_s + 10, "max_concurrency": 4 * settings.max_concurrency},
+    resources={"cpu": "1", "memory": "512Mi"},
+    workers=1,
+)
+@bentoml.asgi_app(gateway_app, path="/")
+class Gateway:
+    """The web app (UI and REST API) in front of the model service."""
+
+    model = bentoml.depends(Backstory)
+
+    def __init__(self) -> None:
+        # The proxy's async client is looked up per call, never cached across event loops.
+        gateway_app.state.client = ModelClient(lambda: self.model.to_async)
+

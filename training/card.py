@@ -1,0 +1,69 @@
+"""The model card (README.md of the model folder), filled from metrics.json."""
+
+import json
+
+SAMPLE_PROMPTS = [
+    ("Kaylon", "An empire of androids that killed their biological creators."),
+    ("Morwen the Grey", "A witch of the northern fens who trades in drowned men's secrets."),
+    ("Captain Ilse Varga", "A smuggler pilot who once flew for the Star Legion."),
+]
+
+CARD = """---
+language: en
+license: other
+library_name: transformers
+pipeline_tag: text-generation
+tags: [gpt2, backstory, fantasy, mythology, from-scratch]
+---
+# Backstory model
+
+A small GPT-2 trained from scratch by `training/` on the project's lore corpus, to write character
+backstories from a name and a short description. It is what `make serve` serves by default.
+
+## Numbers
+
+| | |
+|---|---|
+| parameters | {parameters:,} |
+| validation loss | {val_loss} nats/token (perplexity {val_perplexity}) |
+| steps / tokens seen | {steps:,} / {tokens_seen:,} ({epochs} passes over the training split) |
+| wall time | {wall_seconds} s on {hardware} ({tokens_per_second:,} tokens/s) |
+| architecture | {n_layer} layers x {n_embd} wide, {n_head} heads, context {block_size}, vocab {vocab_size} |
+| preset | `{preset}` |
+
+Validation is held out from the end of every document of the corpus (1% of each by default), so
+every book and style is represented. Loss curve: `loss.png`. All figures: `metrics.json`.
+
+Reproduce with (from the repository root, corpus in `../shared/corpus/`):
+
+```
+{command}
+```
+
+## Data and licences
+
+The shared corpus (`../shared/corpus/`, provenance of every file in its `PROVENANCE.md`): sources
+{data}, without {exclude}. Public-domain myth, legend, fairy tale, epic, fantasy and science fiction
+(Project Gutenberg texts, public domain in the USA), plus a TinyStories sample (CDLA-Sharing-1.0).
+Passages are prefixed with a `Name:`/`Description:` header built from the passage itself (a name
+found in it and the first sentence naming it), the same format the service prompts with.
+
+## Limitations
+
+A small model trained on little compute: fluent-sounding period prose that keeps to a character
+for a paragraph or two but not a plot. Archaic diction comes from its sources. Not for facts.
+
+## Samples (seed {seed}, served settings)
+
+{samples}
+"""
+
+
+def render_card(metrics: dict) -> str:
+    cfg = metrics["config"]
+    samples = "\n\n".join(f"**{s['name']}**: *{s['description']}*\n\n> "
+                          + s["backstory"].replace("\n\n", "\n>\n> ") for s in metrics["samples"])
+    fields = {**cfg, **{k: v for k, v in metrics.items() if k != "config"}}
+    fields.update(samples=samples, data=json.dumps([d.split("/corpus/")[-1] for d in cfg["data"]]),
+                  exclude=", ".join(cfg["exclude"]) or "nothing")
+    return CARD.format(**fields)

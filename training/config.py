@@ -1,0 +1,99 @@
+"""The typed training config and its presets. Every field is a command-line option (see --help)."""
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+CORPUS = Path(__file__).resolve().parent.parent.parent / "shared" / "corpus"
+DEFAULT_DATA = [f"{CORPUS}/{d}" for d in ("lore", "fantasy", "scifi", "tinystories")]
+
+
+def _opt(default, help: str, **kw):
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class TrainConfig:
+    # Data
+    data: list[str] = _opt(DEFAULT_DATA, "Sources: a folder of .txt files, a .txt file or a Hub "
+                           "dataset id, each optionally weighted as SOURCE=WEIGHT (weight 2 = twice).")
+    exclude: list[str] = _opt(["*_ocr.txt"], "Glob patterns of file names to leave out.")
+    text_column: str = _opt("text", "Text column of Hub datasets.")
+    max_chars: int = _opt(0, "Use at most this many characters per source (0 = all).")
+    val_fraction: float = _opt(0.01, "Share of every document held out for validation.")
+    headers: bool = _opt(True, "Prefix passages with a 'Name:/Description:' header built from "
+                         "the passage (teaches the serving prompt format).")
+    chunk_chars: int = _opt(1500, "Target characters per passage.")
+    cache_dir: str = _opt(".cache/training", "Where tokenized datasets are cached.")
+    # Tokenizer and model
+    base_model: str = _opt("", "Fine-tune this causal LM (folder or Hub id); empty = from scratch.")
+    vocab_size: int = _opt(16000, "Byte-level BPE vocabulary when training from scratch.")
+    block_size: int = _opt(512, "Tokens per training block (and the model's context).")
+    n_layer: int = _opt(6, "Transformer layers.")
+    n_embd: int = _opt(384, "Hidden width.")
+    n_head: int = _opt(6, "Attention heads.")
+    dropout: float = _opt(0.1, "Dropout in attention, residual and embeddings.")
+    # Optimisation
+    batch_size: int = _opt(32, "Blocks per optimizer step (per device, before accumulation).")
+    grad_accum: int = _opt(1, "Gradient accumulation steps.")
+    lr: float = _opt(1e-3, "Peak learning rate (cosine decay to a tenth).")
+    warmup_steps: int = _opt(100, "Linear warm-up steps.")
+    weight_decay: float = _opt(0.1, "AdamW weight decay.")
+    precision: str = _opt("auto", "bf16 or fp32; auto = bf16 where the hardware has it (CUDA, "
+                          "or a CPU with AVX512-BF16/AMX), else fp32.")
+    max_grad_norm: float = _opt(1.0, "Gradient clipping.")
+    max_steps: int = _opt(1000, "Stop after this many steps...")
+    max_minutes: float = _opt(0.0, "...or after this wall time (0 = no limit); the LR schedule "
+                              "follows whichever runs out first.")
+    eval_every: int = _opt(200, "Evaluate (and checkpoint) every N steps.")
+    eval_batches: int = _opt(50, "Validation batches per evaluation (0 = whole split).")
+    seed: int = _opt(1337, "Seed for data order, initialisation and samples.")
+    resume: bool = _opt(False, "Resume from the last checkpoint in the output folder.")
+    # Output
+    output_dir: str = _opt("runs/model", "Where the model folder is written.")
+    bentoml_tag: str = _opt("", "Also save into the BentoML model store under this name.")
+    preset: str = _opt("", "Preset the defaults: tiny, cpu or gpu (options given win).")
+
+
+PRESETS: dict[str, dict] = {
+    # Tests: a few seconds on a CPU.
+    "tiny": dict(max_chars=60_000, vocab_size=512, block_size=128, n_layer=2, n_embd=64, n_head=2,
+                 batch_size=8, max_steps=30, warmup_steps=5, eval_every=15, eval_batches=4,
+                 chunk_chars=400, output_dir="runs/tiny"),
+    # The best model two CPU cores train in about an hour: small and fast, so it sees more data.
+    "cpu": dict(block_size=384, n_layer=4, n_embd=256, n_head=4, batch_size=16, lr=2e-3,
+                warmup_steps=200, max_steps=100_000, max_minutes=55, eval_every=200,
+                eval_batches=20, dropout=0.0, output_dir="runs/cpu"),
+    # The best model one H100/H200 trains in about five minutes (see the training issue's figures).
+    "gpu": dict(block_size=512, n_layer=6, n_embd=384, n_head=6, batch_size=64, lr=1e-3,
+                warmup_steps=200, max_steps=100_000, max_minutes=5, eval_every=500,
+                eval_batches=40, output_dir="runs/gpu"),
+}
+
+
+def preset_defaults(name: str) -> dict:
+    if name and name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return dict(PRESETS.get(name, {}), preset=name)
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Refuse configs that would fail late (after minutes of tokenising) with a clear message."""
+    errors = []
+    if cfg.n_embd % cfg.n_head:
+        errors.append(f"n_embd ({cfg.n_embd}) must be divisible by n_head ({cfg.n_head})")
+    if not 0 < cfg.val_fraction < 0.5:
+        errors.append(f"val_fraction must be in (0, 0.5), got {cfg.val_fraction}")
+    for name in ("block_size", "batch_size", "max_steps", "vocab_size", "grad_accum"):
+        if getattr(cfg, name) < 1:
+            errors.append(f"{name} must be at least 1")
+    if cfg.precision not in ("auto", "bf16", "fp32"):
+        errors.append(f"precision must be auto, bf16 or fp32, got {cfg.precision!r}")
+    if not cfg.data:
+        errors.append("no data sources given")
+    if errors:
+        raise ValueError("bad training config: " + "; ".join(errors))
+
+
+FIELD_NAMES = [f.name for f in fields(TrainConfig)]
