@@ -57,6 +57,10 @@ class Engine:
             self.model.config, "max_position_embeddings", 2048)
         self.lock = threading.Lock()  # one batch at a time: batches already use every core
 
+    def opener(self, request: BackstoryRequest) -> str:
+        """The part of the prompt that is already the story (see text.build_prompt)."""
+        return normalize(request.name) if self.settings.opener else ""
+
     def row_settings(self, r: BackstoryRequest) -> RowSettings:
         s = self.settings
         max_new = max(r.max_new_tokens or s.max_new_tokens, r.min_new_tokens)
@@ -75,7 +79,7 @@ class Engine:
         With `emit`, each row's text is also streamed as it grows; `rows` lets the caller keep
         the rows' cancel events."""
         rows = rows or [self.row_settings(r) for r in requests]
-        prompts = [build_prompt(r.name, r.description) for r in requests]
+        prompts = [build_prompt(r.name, r.description, self.settings.opener) for r in requests]
         enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
         enc = {k: v[:, -self.context + 1:].to(self.device) for k, v in enc.items()}
         prompt_len = enc["input_ids"].shape[1]
@@ -90,7 +94,7 @@ class Engine:
         sampler = RowSampler(rows, prompt_len, eos, self.device)
         streamer = None
         if emit:
-            openers = [normalize(r.name) for r in requests]
+            openers = [self.opener(r) for r in requests]
             streamer = _StepStreamer(_Detokenizer(self.tokenizer, rows, openers, emit))
         with self.lock:
             out = self.model.generate(**enc, generation_config=config,
@@ -102,7 +106,7 @@ class Engine:
         eos = self.tokenizer.eos_token_id
         ids = ids[: ids.index(eos)] if eos in ids else ids
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
-        return Generation(backstory=clean_backstory(text, opener=normalize(request.name)),
+        return Generation(backstory=clean_backstory(text, opener=self.opener(request)),
                           tokens=len(ids), seed=row.seed, model=self.name)
 
 
