@@ -118,7 +118,8 @@ class _Detokenizer:
         self.ids: list[list[int]] = [[] for _ in rows]
         self.sent = [0] * len(rows)
         for i, opener in enumerate(openers):
-            emit(i, opener)
+            if opener:
+                emit(i, opener)
 
     def __call__(self, step_tokens: list[int]) -> None:
         eos = self.tokenizer.eos_token_id
