@@ -57,18 +57,34 @@ def stop(proc: subprocess.Popen, grace_s: float = 10) -> None:
 
 
 @contextmanager
-def running(cmd: list[str], ready_url: str, env: dict[str, str] | None = None,
-            log_path: Path | None = None, deadline_s: float = 180) -> Iterator[subprocess.Popen]:
+def spawned(cmd: list[str], env: dict[str, str] | None = None,
+            log_path: Path | None = None) -> Iterator[subprocess.Popen]:
+    """The process in its own group, killed on exit; no readiness wait, so that a caller can
+    start several servers and let them load their models at the same time."""
     log = open(log_path, "wb") if log_path else subprocess.DEVNULL
-    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **OFFLINE_ENV, **(env or {})},
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        wait_ready(ready_url, proc, deadline_s)
-        yield proc
+        proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **OFFLINE_ENV, **(env or {})},
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            yield proc
+        finally:
+            stop(proc)
     finally:
-        stop(proc)
         if log_path:
             log.close()
+
+
+@contextmanager
+def running(cmd: list[str], ready_url: str, env: dict[str, str] | None = None,
+            log_path: Path | None = None, deadline_s: float = 180) -> Iterator[subprocess.Popen]:
+    with spawned(cmd, env, log_path) as proc:
+        wait_ready(ready_url, proc, deadline_s)
+        yield proc
+
+
+def bentoml_command(port: int, target: str = "service:Gateway") -> list[str]:
+    return [sys.executable, "-m", "bentoml", "serve", target, "--host", "127.0.0.1",
+            "--port", str(port)]
 
 
 @contextmanager
@@ -76,8 +92,7 @@ def bentoml_serve(model: str, port: int | None = None, env: dict[str, str] | Non
                   log_path: Path | None = None, target: str = "service:Gateway") -> Iterator[str]:
     """`bentoml serve` of the whole stack on `model`; yields the base URL."""
     port = port or free_port()
-    cmd = [sys.executable, "-m", "bentoml", "serve", target, "--host", "127.0.0.1",
-           "--port", str(port)]
     base = f"http://127.0.0.1:{port}"
-    with running(cmd, f"{base}/readyz", {"BACKSTORY_MODEL": model, **(env or {})}, log_path):
+    with running(bentoml_command(port, target), f"{base}/readyz",
+                 {"BACKSTORY_MODEL": model, **(env or {})}, log_path):
         yield base

@@ -55,7 +55,7 @@ class ModelClient:
     async def generate(self, request: BackstoryRequest) -> Generation:
         client = await self._client()
         try:
-            (result,) = await client.generate(requests=[request])
+            (result,) = await client.generate(requests=[request.model_dump()])
         except Exception as e:
             raise translate(e) from e
         return result if isinstance(result, Generation) else Generation.model_validate(result)
@@ -65,7 +65,7 @@ class ModelClient:
         client = await self._client()
         buffer = ""
         try:
-            async for chunk in client.stream(request=request):
+            async for chunk in client.stream(request=request.model_dump()):
                 buffer += chunk
                 *lines, buffer = buffer.split("\n")
                 for line in lines:

@@ -1,0 +1,62 @@
+"""The engine on a tiny random GPT-2: per-row settings inside one batch, streaming, cancelling."""
+
+import pytest
+
+from backstory.config import Settings
+from backstory.engine import Engine
+from backstory.schemas import BackstoryRequest as Request
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model):
+    return Engine(Settings(model=str(tiny_model), threads=1))
+
+
+MIXED = [Request(name="Kaylon", description="An empire of androids.", seed=1, max_new_tokens=30),
+         Request(name="Bob", description="A long description of a man by the sea, who waits.",
+                 seed=2, max_new_tokens=12, temperature=1.5, top_p=0.5),
+         Request(name="Zed", description="x", seed=3, max_new_tokens=20, min_new_tokens=20,
+                 top_k=0, repetition_penalty=1.0)]
+
+
+def test_batched_equals_unbatched_for_fixed_seeds(engine):
+    batched = engine.generate(MIXED)
+    alone = [engine.generate([r])[0] for r in MIXED]
+    assert [g.model_dump() for g in batched] == [g.model_dump() for g in alone]
+
+
+def test_each_row_gets_its_own_length(engine):
+    tokens = [g.tokens for g in engine.generate(MIXED)]
+    assert tokens[0] <= 30 and tokens[1] <= 12 and tokens[2] == 20
+
+
+def test_min_new_tokens_forces_the_length(engine):
+    (g,) = engine.generate([Request(name="A", description="b", seed=5, min_new_tokens=40,
+                                    max_new_tokens=40)])
+    assert g.tokens == 40
+
+
+def test_same_seed_same_story_and_seed_is_reported(engine):
+    r = Request(name="A", description="b", seed=11, max_new_tokens=16)
+    assert engine.generate([r])[0] == engine.generate([r])[0]
+    unseeded = engine.generate([Request(name="A", description="b", max_new_tokens=4)])[0]
+    assert 0 <= unseeded.seed < 2**32
+
+
+def test_stream_pieces_start_with_the_name_and_follow_the_rows(engine):
+    pieces: dict[int, list[str]] = {0: [], 1: []}
+    results = engine.generate(MIXED[:2], emit=lambda i, t: pieces[i].append(t))
+    for i, result in enumerate(results):
+        streamed = "".join(pieces[i])
+        assert streamed.startswith(MIXED[i].name)
+        assert len(pieces[i]) > 1
+        # The final backstory is the streamed text, cleaned (whitespace, last full sentence).
+        assert " ".join(result.backstory.split())[:10] == " ".join(streamed.split())[:10]
+
+
+def test_cancelled_row_stops_without_stopping_the_others(engine):
+    rows = [engine.row_settings(r) for r in MIXED[:2]]
+    rows[0].cancelled.set()
+    first, second = engine.generate(MIXED[:2], rows=rows)
+    assert first.tokens == 0
+    assert second == engine.generate([MIXED[1]])[0]
