@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import httpx
@@ -58,26 +58,23 @@ def stop(proc: subprocess.Popen, grace_s: float = 10) -> None:
 
 @contextmanager
 def spawned(cmd: list[str], env: dict[str, str] | None = None,
-            log_path: Path | None = None) -> Iterator[subprocess.Popen]:
+            log_path: Path | None = None, cwd: Path = ROOT) -> Iterator[subprocess.Popen]:
     """The process in its own group, killed on exit; no readiness wait, so that a caller can
     start several servers and let them load their models at the same time."""
-    log = open(log_path, "wb") if log_path else subprocess.DEVNULL
-    try:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **OFFLINE_ENV, **(env or {})},
+    with open(log_path, "wb") if log_path else nullcontext(subprocess.DEVNULL) as log:
+        proc = subprocess.Popen(cmd, cwd=cwd, env={**os.environ, **OFFLINE_ENV, **(env or {})},
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             yield proc
         finally:
             stop(proc)
-    finally:
-        if log_path:
-            log.close()
 
 
 @contextmanager
 def running(cmd: list[str], ready_url: str, env: dict[str, str] | None = None,
-            log_path: Path | None = None, deadline_s: float = 180) -> Iterator[subprocess.Popen]:
-    with spawned(cmd, env, log_path) as proc:
+            log_path: Path | None = None, deadline_s: float = 180,
+            cwd: Path = ROOT) -> Iterator[subprocess.Popen]:
+    with spawned(cmd, env, log_path, cwd) as proc:
         wait_ready(ready_url, proc, deadline_s)
         yield proc
 

@@ -110,7 +110,11 @@ def load_passages(cfg: TrainConfig) -> datasets.DatasetDict:
     train, val = [], []
     for spec in cfg.data:
         _, weight = parse_source(spec)
-        ds = load_documents(spec, cfg).map(to_passages, batched=True, batch_size=8,
+        ds = load_documents(spec, cfg)
+        if len(ds) == 0 or not any(t.strip() for t in ds["text"][:1000]):
+            print(f"warning: data source {spec!r} holds no text; skipped")
+            continue
+        ds = ds.map(to_passages, batched=True, batch_size=8,
                                            fn_kwargs={"cfg": cfg}, remove_columns=None,
                                            desc=f"passages {Path(spec).name}")
         ds = ds.select_columns(["text", "split"])
