@@ -79,12 +79,16 @@ class Backstory:
             "model": engine.name, "device": str(engine.device), "parameters": engine.parameters,
             "context": engine.context, "max_batch_size": settings.max_batch_size,
             "max_latency_ms": settings.max_latency_ms, "batch_wait_ms": settings.batch_wait_ms,
+            "max_concurrency": settings.max_concurrency, "in_flight": engine.in_flight,
+            "generated_tokens": engine.generated_tokens,
         }
 
 
 @bentoml.service(
     name="backstory-gateway",
-    traffic={"timeout": settings.timeout_s + 10, "max_concurrency": 4 * settings.max_concurrency},
+    # Backpressure is the model service's max_concurrency (429 + Retry-After from the gateway);
+    # the gateway admits more, so that /status, /livez and the UI keep answering under load.
+    traffic={"timeout": settings.timeout_s + 10, "max_concurrency": 16 * settings.max_concurrency},
     resources={"cpu": "1", "memory": "512Mi"},
     workers=1,
 )

@@ -56,6 +56,9 @@ class Engine:
         self.context = getattr(self.model.config, "n_positions", None) or getattr(
             self.model.config, "max_position_embeddings", 2048)
         self.lock = threading.Lock()  # one batch at a time: batches already use every core
+        self.in_flight = 0  # rows waiting for or in a batch (operators and tests watch it)
+        self.generated_tokens = 0
+        self._counting = threading.Lock()
 
     def opener(self, request: BackstoryRequest) -> str:
         """The part of the prompt that is already the story (see text.build_prompt)."""
@@ -96,11 +99,22 @@ class Engine:
         if emit:
             openers = [self.opener(r) for r in requests]
             streamer = _StepStreamer(_Detokenizer(self.tokenizer, rows, openers, emit))
-        with self.lock:
-            out = self.model.generate(**enc, generation_config=config,
-                                      logits_processor=[sampler], streamer=streamer)
-        return [self._result(r, row, ids) for r, row, ids in
-                zip(requests, rows, out[:, prompt_len:].tolist())]
+        self._count(in_flight=len(rows))
+        try:
+            with self.lock:
+                out = self.model.generate(**enc, generation_config=config,
+                                          logits_processor=[sampler], streamer=streamer)
+        finally:
+            self._count(in_flight=-len(rows))
+        results = [self._result(r, row, ids) for r, row, ids in
+                   zip(requests, rows, out[:, prompt_len:].tolist())]
+        self._count(tokens=sum(g.tokens for g in results))
+        return results
+
+    def _count(self, in_flight: int = 0, tokens: int = 0) -> None:
+        with self._counting:
+            self.in_flight += in_flight
+            self.generated_tokens += tokens
 
     def _result(self, request: BackstoryRequest, row: RowSettings, ids: list[int]) -> Generation:
         eos = self.tokenizer.eos_token_id

@@ -32,7 +32,8 @@ class RowSettings:
 class RowSampler(LogitsProcessor):
     def __init__(self, rows: list[RowSettings], prompt_len: int, eos_id: int, device):
         def col(name, dtype=torch.float32):
-            return torch.tensor([getattr(r, name) for r in rows], dtype=dtype, device=device)[:, None]
+            values = [getattr(r, name) for r in rows]
+            return torch.tensor(values, dtype=dtype, device=device)[:, None]
 
         self.temperature, self.top_p = col("temperature"), col("top_p")
         self.penalty = col("repetition_penalty")

@@ -1,4 +1,5 @@
-"""Request and response shapes shared by the gateway (validation) and the model service (batch items).
+"""Request and response shapes shared by the gateway (validation) and the model service
+(batch items).
 
 Limits come from Settings, so an operator changes them in one place (see the README's table).
 """
@@ -60,3 +61,15 @@ class BackstoryResponse(Generation):
     name: str
     description: str
     seconds: float = Field(description="Wall time of the request in the gateway.")
+
+
+class FieldError(BaseModel):
+    field: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    """Every error the API returns."""
+
+    error: str = Field(description="What is wrong, for people.")
+    detail: list[FieldError] | None = Field(None, description="Per-field validation errors.")

@@ -65,7 +65,7 @@ def clean_backstory(generated: str, opener: str = "") -> str:
 
     `generated` is the new text only (the prompt already stripped); `opener` is the part of the
     prompt that belongs to the story (the name it starts with)."""
-    text = opener + generated
+    text = _CONTROL.sub("", opener + generated).replace("\ufffd", "")
     stop = find_stop(text)
     if stop is not None:
         text = text[:stop]

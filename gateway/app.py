@@ -17,7 +17,8 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 import backstory
-from backstory.schemas import BackstoryRequest, BackstoryResponse, Generation
+from backstory.config import get_settings
+from backstory.schemas import BackstoryRequest, BackstoryResponse, ErrorResponse, Generation
 from gateway.client import ModelError
 from gateway.deps import Body, Client, SettingsDep
 from gateway.errors import install_error_handlers
@@ -26,14 +27,19 @@ from gateway.middleware import install_middleware
 UI = Path(__file__).resolve().parent.parent / "ui"
 
 app = FastAPI(title="Backstory Generator", version=backstory.__version__,
-              description="Immersive, lore-rich character backstories from a name and a description.")
+              description="Lore-rich character backstories from a name and a description.")
 app.mount("/static", StaticFiles(directory=UI / "static"), name="static")
 templates = Jinja2Templates(directory=UI / "templates")
 install_error_handlers(app)
 install_middleware(app)
 
 
-def respond(request: BackstoryRequest, result: Generation, started: float) -> BackstoryResponse:
+def respond(http: Request, request: BackstoryRequest, result: Generation, started: float
+            ) -> BackstoryResponse:
+    """The response, and what the access log line needs (tokens; text only if configured)."""
+    http.state.tokens = result.tokens
+    if get_settings().log_text:
+        http.state.text = {"name": request.name, "description": request.description}
     return BackstoryResponse(**result.model_dump(), name=request.name,
                              description=request.description,
                              seconds=round(time.perf_counter() - started, 3))
@@ -46,28 +52,36 @@ async def index(request: Request, settings: SettingsDep):
         "version": backstory.__version__})
 
 
+ERRORS = {code: {"model": ErrorResponse, "description": text} for code, text in {
+    400: "Malformed body", 401: "API key missing or wrong", 413: "Body too large",
+    415: "Unsupported content type", 422: "Invalid field (named in detail)",
+    429: "Model service busy: retry after Retry-After seconds",
+    502: "Model service failed", 503: "Model service unavailable (Retry-After)",
+    504: "Model service timed out"}.items()}
+STREAM_ERRORS = {k: v for k, v in ERRORS.items() if k not in (400, 413, 415)}
 BODY_TYPES = ("application/json", "application/x-www-form-urlencoded", "multipart/form-data")
 BODY_DOC = {"requestBody": {"required": True, "content": {
     t: {"schema": BackstoryRequest.model_json_schema()} for t in BODY_TYPES}}}
 
 
-@app.post("/api/generate", response_model=BackstoryResponse, openapi_extra=BODY_DOC)
-async def generate(body: Body, client: Client) -> BackstoryResponse:
+@app.post("/api/generate", response_model=BackstoryResponse, openapi_extra=BODY_DOC,
+          responses=ERRORS)
+async def generate(http: Request, body: Body, client: Client) -> BackstoryResponse:
     """A backstory from form fields (`name`, `description`) or the same fields as JSON."""
     started = time.perf_counter()
-    return respond(body, await client.generate(body), started)
+    return respond(http, body, await client.generate(body), started)
 
 
-@app.get("/generate", response_model=BackstoryResponse)
-async def generate_get(query: Annotated[BackstoryRequest, Query()], client: Client
-                       ) -> BackstoryResponse:
+@app.get("/generate", response_model=BackstoryResponse, responses=STREAM_ERRORS)
+async def generate_get(http: Request, query: Annotated[BackstoryRequest, Query()],
+                       client: Client) -> BackstoryResponse:
     """The same as POST /api/generate, from query parameters."""
     started = time.perf_counter()
-    return respond(query, await client.generate(query), started)
+    return respond(http, query, await client.generate(query), started)
 
 
-@app.get("/api/stream", response_class=EventSourceResponse)
-async def stream(query: Annotated[BackstoryRequest, Query()], client: Client
+@app.get("/api/stream", response_class=EventSourceResponse, responses=STREAM_ERRORS)
+async def stream(http: Request, query: Annotated[BackstoryRequest, Query()], client: Client
                  ) -> AsyncIterator[ServerSentEvent]:
     """Server-Sent Events: `token` events ({"text"}) as the story is written, then one `done`
     event with the fields of POST /api/generate, or an `error` event ({"error", "status"})."""
@@ -77,13 +91,13 @@ async def stream(query: Annotated[BackstoryRequest, Query()], client: Client
             if "text" in item:
                 yield ServerSentEvent(event="token", data={"text": item["text"]})
             else:
-                result = respond(query, Generation.model_validate(item["result"]), started)
+                result = respond(http, query, Generation.model_validate(item["result"]), started)
                 yield ServerSentEvent(event="done", data=result.model_dump())
     except ModelError as e:  # headers are already sent: the error travels as an event
         yield ServerSentEvent(event="error", data={"error": e.message, "status": e.status})
 
 
-@app.get("/status")
+@app.get("/status", responses={503: {"description": "Model service unavailable"}})
 async def status(client: Client, settings: SettingsDep) -> JSONResponse:
     """Health and configuration of the whole stack, for people and monitors."""
     body = {"status": "ok", "time": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -92,8 +106,11 @@ async def status(client: Client, settings: SettingsDep) -> JSONResponse:
                        "description_max_chars": settings.description_max_chars,
                        "max_new_tokens": settings.max_new_tokens_limit}}
     try:
-        info = await client.info()
+        info = app.state.last_info = await client.info()
     except ModelError as e:
+        if e.status == 429:  # alive but at its concurrency limit: busy, not down
+            last = getattr(app.state, "last_info", None) or {"model": None, "device": None}
+            return JSONResponse({**body, **last, "status": "busy"})
         body.update(status="unavailable", model=None, device=None, error=e.message)
         return JSONResponse(body, status_code=503)
     return JSONResponse({**body, **info})

@@ -6,12 +6,17 @@ the HTTP status the gateway answers with. Tests replace the client factory at th
 """
 
 import json
+import logging
 from collections.abc import AsyncIterator, Callable
+from functools import cache
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 import httpx
 
 from backstory.schemas import BackstoryRequest, Generation
+
+log = logging.getLogger("backstory.gateway")
 
 
 class ModelError(Exception):
@@ -22,13 +27,14 @@ class ModelError(Exception):
 
 def translate(e: Exception) -> ModelError:
     """Map a client failure to what the gateway's caller should see."""
+    import aiohttp  # the bentoml.depends proxy's transport
     from bentoml.exceptions import BentoMLException
 
     if isinstance(e, ModelError):
         return e
-    if isinstance(e, httpx.TimeoutException | TimeoutError):
+    if isinstance(e, httpx.TimeoutException | TimeoutError | aiohttp.ServerTimeoutError):
         return ModelError(504, "the model service did not answer in time")
-    if isinstance(e, httpx.TransportError | ConnectionError | OSError):
+    if isinstance(e, httpx.TransportError | aiohttp.ClientConnectionError | OSError):
         return ModelError(503, "the model service is unavailable", retry_after=5)
     if isinstance(e, BentoMLException):
         status = int(getattr(e, "error_code", 500))
@@ -37,7 +43,9 @@ def translate(e: Exception) -> ModelError:
                               retry_after=2)
         if status == 504:
             return ModelError(504, "the model service did not answer in time")
+        log.warning("model service error %s: %s", status, e)
         return ModelError(502, "the model service failed to generate")
+    log.warning("model service call failed: %r", e)
     return ModelError(502, "the model service failed to generate")
 
 
@@ -53,19 +61,30 @@ class ModelClient:
             raise translate(e) from e
 
     async def generate(self, request: BackstoryRequest) -> Generation:
+        import aiohttp
+
         client = await self._client()
-        try:
-            (result,) = await client.generate(requests=[request.model_dump()])
-        except Exception as e:
-            raise translate(e) from e
+        for attempt in (1, 2):
+            try:
+                (result,) = await client.generate(requests=[request.model_dump()])
+                break
+            except aiohttp.ServerDisconnectedError as e:
+                # The depends proxy recycles its HTTP session every 100 requests and drops the
+                # connections in flight on it: the request never ran, so send it once more.
+                if attempt == 2:
+                    raise translate(e) from e
+            except Exception as e:
+                raise translate(e) from e
         return result if isinstance(result, Generation) else Generation.model_validate(result)
 
     async def stream(self, request: BackstoryRequest) -> AsyncIterator[dict]:
         """Yields {"text": str} pieces, then {"result": {...}}."""
         client = await self._client()
-        buffer = ""
+        buffer, chunks, url = "", None, getattr(client, "url", None)
         try:
-            async for chunk in client.stream(request=request.model_dump()):
+            payload = request.model_dump()
+            chunks = raw_stream(url, payload) if url else client.stream(request=payload)
+            async for chunk in chunks:
                 buffer += chunk
                 *lines, buffer = buffer.split("\n")
                 for line in lines:
@@ -73,6 +92,9 @@ class ModelClient:
                         yield json.loads(line)
         except Exception as e:
             raise translate(e) from e
+        finally:  # our caller left (client disconnected): close the upstream stream now, so the
+            if chunks is not None:  # model service ends the row instead of writing to nobody
+                await chunks.aclose()
 
     async def info(self) -> dict:
         client = await self._client()
@@ -80,3 +102,28 @@ class ModelClient:
             return await client.info()
         except Exception as e:
             raise translate(e) from e
+
+
+@cache
+def http_for(url: str) -> httpx.AsyncClient:
+    """An HTTP client for a BentoML service address: tcp://, file:// (a Unix socket) or http(s)."""
+    parsed = urlparse(url)
+    if parsed.scheme == "file":
+        transport = httpx.AsyncHTTPTransport(uds=unquote(parsed.path))
+        return httpx.AsyncClient(base_url="http://model", transport=transport, timeout=None)
+    base = f"http://{parsed.netloc}" if parsed.scheme == "tcp" else url
+    return httpx.AsyncClient(base_url=base, timeout=httpx.Timeout(None, connect=5))
+
+
+async def raw_stream(url: str, payload: dict) -> AsyncIterator[str]:
+    """The model service's stream over plain HTTP. Not the BentoML client's stream: that one never
+    closes its HTTP response, so a browser that leaves would keep the model writing for nobody.
+    Closing this generator closes the connection, and the model service ends the row."""
+    from bentoml.exceptions import BentoMLException
+
+    async with http_for(url).stream("POST", "/stream", json={"request": payload}) as resp:
+        if resp.status_code != 200:
+            await resp.aread()
+            raise BentoMLException(resp.text[:200], error_code=resp.status_code)
+        async for text in resp.aiter_text():
+            yield text

@@ -13,7 +13,7 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
 def get_client(request: Request) -> ModelClient:
-    """The model-service client: set by service.py when mounted, else one for BACKSTORY_MODEL_URL."""
+    """The model-service client: set by service.py when mounted, else BACKSTORY_MODEL_URL's."""
     client = getattr(request.app.state, "client", None)
     if client is None:
         client = request.app.state.client = standalone_client(get_settings())

@@ -42,6 +42,7 @@ class GatewayMiddleware:
         request_id = headers.get(b"x-request-id", b"").decode("latin-1")[:64] or uuid.uuid4().hex
         started, state = time.perf_counter(), {"status": 500}
         path = scope["path"]
+        notes = scope.setdefault("state", {})  # routes add tokens (and text, if configured)
 
         async def send_wrapper(message):
             if message["type"] == "http.response.start":
@@ -62,7 +63,9 @@ class GatewayMiddleware:
         finally:
             log.info(json.dumps({"request_id": request_id, "method": scope["method"],
                                  "route": path, "status": state["status"],
-                                 "ms": round((time.perf_counter() - started) * 1000, 1)}))
+                                 "ms": round((time.perf_counter() - started) * 1000, 1),
+                                 "tokens": notes.get("tokens"), **notes.get("text", {})},
+                                ensure_ascii=False))
 
     def refuse(self, path: str, headers: dict) -> tuple[int, str] | None:
         key = self.settings.api_key
@@ -102,7 +105,19 @@ class _TooLarge(Exception):
     pass
 
 
+def configure_logging() -> None:
+    """One JSON line per request on stderr, whatever the host server's logging setup is."""
+    logger = logging.getLogger("backstory")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
 def install_middleware(app: FastAPI) -> None:
+    configure_logging()
     settings = get_settings()
     if settings.cors_origins:  # off unless configured
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,

@@ -22,7 +22,8 @@ def test_refuses_empty_and_control_characters(name):
 
 
 def test_length_limits():
-    BackstoryRequest(name="n" * LIMITS.name_max_chars, description="d" * LIMITS.description_max_chars)
+    BackstoryRequest(name="n" * LIMITS.name_max_chars,
+                     description="d" * LIMITS.description_max_chars)
     with pytest.raises(ValidationError):
         BackstoryRequest(name="n" * (LIMITS.name_max_chars + 1), description="d")
     with pytest.raises(ValidationError):

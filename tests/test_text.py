@@ -1,7 +1,15 @@
 """The shared prompt format and output clean-up (backstory/text.py)."""
 
-from backstory.text import (EOS, build_prompt, clean_backstory, find_stop, has_control_chars,
-                            normalize, split_sentences, trim_to_sentence)
+from backstory.text import (
+    EOS,
+    build_prompt,
+    clean_backstory,
+    find_stop,
+    has_control_chars,
+    normalize,
+    split_sentences,
+    trim_to_sentence,
+)
 
 
 def test_prompt_has_header_and_opener():
@@ -41,3 +49,7 @@ def test_control_characters():
 def test_split_sentences():
     assert split_sentences('He said "Go!" Then he left. And so') == [
         'He said "Go!"', "Then he left.", "And so"]
+
+
+def test_clean_backstory_drops_control_and_broken_characters():
+    assert clean_backstory(" rose\x1b\x19 high.\ufffd", opener="A") == "A rose high."

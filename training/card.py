@@ -28,7 +28,8 @@ backstories from a name and a short description. It is what `make serve` serves 
 | validation loss | {val_loss} nats/token (perplexity {val_perplexity}) |
 | steps / tokens seen | {steps:,} / {tokens_seen:,} ({epochs} passes over the training split) |
 | wall time | {wall_seconds} s on {hardware} ({tokens_per_second:,} tokens/s) |
-| architecture | {n_layer} layers x {n_embd} wide, {n_head} heads, context {block_size}, vocab {vocab_size} |
+| architecture | {n_layer} layers x {n_embd} wide, {n_head} heads, context {block_size}, \
+vocab {vocab_size} |
 | preset | `{preset}` |
 
 Validation is held out from the end of every document of the corpus (1% of each by default), so

@@ -17,7 +17,8 @@ def _opt(default, help: str, **kw):
 class TrainConfig:
     # Data
     data: list[str] = _opt(DEFAULT_DATA, "Sources: a folder of .txt files, a .txt file or a Hub "
-                           "dataset id, each optionally weighted as SOURCE=WEIGHT (weight 2 = twice).")
+                           "dataset id, each optionally weighted as SOURCE=WEIGHT "
+                           "(weight 2 = twice).")
     exclude: list[str] = _opt(["*_ocr.txt"], "Glob patterns of file names to leave out.")
     text_column: str = _opt("text", "Text column of Hub datasets.")
     max_chars: int = _opt(0, "Use at most this many characters per source (0 = all).")

@@ -1,4 +1,5 @@
-"""Write the model folder: fp16 safetensors, tokenizer, generation config, metrics, loss curve, card."""
+"""Write the model folder: fp16 safetensors, tokenizer, generation config, metrics, loss curve
+and model card."""
 
 import json
 import math

@@ -105,7 +105,8 @@ def train(cfg: TrainConfig) -> Path:
         eval_dataset=blocks["val"].select(range(min(eval_rows, len(blocks["val"])))),
         callbacks=[clock], optimizers=(optimizer, cosine_schedule(optimizer, cfg, clock)),
     )
-    last = get_last_checkpoint(args.output_dir) if cfg.resume and Path(args.output_dir).exists() else None
+    resumable = cfg.resume and Path(args.output_dir).exists()
+    last = get_last_checkpoint(args.output_dir) if resumable else None
     if cfg.resume and last is None:
         print("no checkpoint to resume from: starting fresh")
     started = time.time()
