@@ -158,7 +158,8 @@ def reference(n: int, target_words: int, quick: bool) -> dict:
     """The text statistics of human text: n held-out passages, spread over the split, each cut to
     about the backstories' length; name use and relevance where the passage has a header."""
     passages = held_out(quick)
-    picked = [split_header(passages[i * len(passages) // n]) for i in range(min(n, len(passages)))]
+    m = min(n, len(passages))
+    picked = [split_header(passages[i * len(passages) // m]) for i in range(m)]
     texts = [metrics.cut_to_words(body, target_words) for _, _, body in picked]
     stats = metrics.text_stats(texts)
     headed = [(name, desc, t) for (name, desc, _), t in zip(picked, texts) if name]
@@ -220,8 +221,9 @@ def markdown(result: dict) -> str:
     out += ["", "Human reference: held-out corpus passages cut to about the backstories' length; "
             f"its name use and relevance are over the {r.get('headed', 0)} passages with a "
             "header (name and description taken from the passage).", "", "## Samples", ""]
-    out += [f"- **{x['name']}** (seed {x['seed']}): {x['backstory'] or '(empty)'}"
-            for x in result["samples"][:5]]
+    for x in result["samples"][:5]:
+        story = " ".join(x["backstory"].split()) or "(empty)"  # one line: a Markdown list item
+        out.append(f"- **{x['name']}** (seed {x['seed']}): {story}")
     return "\n".join(out) + "\n"
 
 

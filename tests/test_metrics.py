@@ -1,0 +1,115 @@
+"""The pure text metrics of the evaluation (training/metrics.py), against hand-computed values."""
+
+import numpy as np
+import pytest
+
+from training import metrics
+
+
+def test_words_lowercase_and_drop_punctuation():
+    assert metrics.words("The Dragon's gold, the dragon!") == ["the", "dragon's", "gold", "the",
+                                                               "dragon"]
+
+
+def test_repetition_of_a_loop():
+    # 3-grams: abc bca cab abc -> 4 in all, 3 unique -> 1 - 3/4
+    assert metrics.repetition("a b c a b c") == pytest.approx(0.25)
+    assert metrics.repetition("a b c d e") == 0.0
+    # 5 x "a": three identical 3-grams
+    assert metrics.repetition("a a a a a") == pytest.approx(1 - 1 / 3)
+    assert metrics.repetition("A, b. C a B c") == pytest.approx(0.25)  # case and punctuation
+    assert metrics.repetition("too short") is None
+
+
+def test_distinct_n_across_texts():
+    texts = ["a b c", "a b d"]
+    assert metrics.distinct_n(texts, 1) == pytest.approx(4 / 6)  # a b c d of 6 words
+    assert metrics.distinct_n(texts, 2) == pytest.approx(3 / 4)  # ab bc ab bd
+    assert metrics.distinct_n(["a b", "c d"], 2) == 1.0  # "b c" would cross texts: not counted
+    assert metrics.distinct_n([], 1) == 0.0
+
+
+@pytest.mark.parametrize("text,complete", [
+    ("He left.", True), ("Why?", True), ("Run!", True), ('She said "go."', True),
+    ("It ended (as it began.)", True), ("It was over\u2026", True), ("He left. ", True),
+    ("He left", False), ("He left,", False), ("", False), ("Dr. Who and the", False),
+])
+def test_ends_complete(text, complete):
+    assert metrics.ends_complete(text) is complete
+
+
+def test_name_keys_full_name_and_first_word():
+    assert metrics.name_keys("Mira Solvane") == ["Mira Solvane", "Mira"]
+    assert metrics.name_keys("Kaylon") == ["Kaylon"]
+    assert metrics.name_keys("The Iron Legion") == ["The Iron Legion", "Iron"]
+    assert metrics.name_keys("  ") == []
+
+
+def test_mentions_whole_words_case_sensitive():
+    assert metrics.mentions("Long ago, Mira fled.", "Mira Solvane")
+    assert metrics.mentions("Mira Solvane fled.", "Mira Solvane")
+    assert not metrics.mentions("Miranda fled.", "Mira Solvane")  # not a whole word
+    assert not metrics.mentions("Kaylonen mio.", "Kaylon")
+    assert not metrics.mentions("There was hope.", "Hope")  # names are proper nouns
+    assert metrics.mentions("Then Väinämöinen sang.", "Väinämöinen")
+    assert metrics.mentions("the Iron banners rose", "The Iron Legion")
+    assert metrics.mentions("Cú Roí mac Dáire laughed.", "Cú Roí mac Dáire")
+
+
+def test_after_first_sentence():
+    assert metrics.after_first_sentence("Kaylon rose. Then Kaylon fell.") == "Then Kaylon fell."
+    assert metrics.after_first_sentence("One.\n\nTwo. Three") == "Two. Three"
+    assert metrics.after_first_sentence("Only one sentence") == ""
+
+
+def test_name_use_with_and_without_opener():
+    texts = ["Kaylon rose. The empire fell.", "Kaylon rose. Kaylon fell.", "Nothing here."]
+    out = metrics.name_use(texts, ["Kaylon"] * 3)
+    assert out["name_use"] == pytest.approx(2 / 3)
+    assert out["name_use_beyond_opener"] == pytest.approx(1 / 3)
+
+
+def test_text_stats():
+    stats = metrics.text_stats(["a b c a b c.", "Tiny"])
+    assert stats["n"] == 2
+    assert stats["mean_words"] == 3.5
+    assert stats["near_empty"] == 0.5  # "Tiny" has fewer than 5 words
+    assert stats["complete_sentence"] == 0.5
+    assert stats["repetition_3gram"] == pytest.approx(0.25)  # "Tiny" has no 3-gram: left out
+    assert stats["distinct_1"] == pytest.approx(4 / 7)
+
+
+def test_derangement_is_fixed_and_has_no_fixed_point():
+    for n in (2, 3, 10, 120):
+        perm = metrics.derangement(n)
+        assert sorted(perm) == list(range(n))
+        assert all(i != p for i, p in enumerate(perm))
+        assert perm == metrics.derangement(n)
+    assert metrics.derangement(2) == [1, 0]
+    with pytest.raises(ValueError):
+        metrics.derangement(1)
+
+
+def test_cut_to_words_keeps_whole_sentences_near_the_target():
+    text = "One two three. Four five six seven. Eight nine.\n\nTen eleven twelve."
+    assert metrics.cut_to_words(text, 3) == "One two three."
+    assert metrics.cut_to_words(text, 5) == "One two three."  # 3 and 7 words: a tie, shorter
+    assert metrics.cut_to_words(text, 6) == "One two three. Four five six seven."
+    assert metrics.cut_to_words(text, 100) == ("One two three. Four five six seven. Eight nine. "
+                                               "Ten eleven twelve.")
+    assert metrics.cut_to_words("A single long sentence without end", 2) == (
+        "A single long sentence without end")
+
+
+def test_relevance_own_minus_shuffled():
+    desc = np.array([[1.0, 0.0], [0.0, 1.0]])
+    stories = np.array([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
+    out = metrics.relevance(stories, desc, matched=[0, 1, 1], shuffled=[1, 0, 0])
+    assert out["relevance_matched"] == pytest.approx((1 + 1 + 0.8) / 3)
+    assert out["relevance_shuffled"] == pytest.approx((0 + 0 + 0.6) / 3)
+    assert out["relevance"] == pytest.approx(2.2 / 3)
+
+
+def test_mean_skips_none():
+    assert metrics.mean([1.0, None, 3.0]) == 2.0
+    assert metrics.mean([None]) is None
