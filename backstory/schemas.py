@@ -9,7 +9,7 @@ from typing import Annotated
 from pydantic import AfterValidator, BaseModel, Field
 
 from backstory.config import get_settings
-from backstory.text import has_control_chars
+from backstory.text import CONTROL_CHARS, has_control_chars
 
 _s = get_settings()
 
@@ -23,9 +23,11 @@ def _clean_text(value: str) -> str:
     return value
 
 
-Name = Annotated[str, Field(max_length=_s.name_max_chars, description="The character's name."),
-                 AfterValidator(_clean_text)]
-Description = Annotated[str, Field(max_length=_s.description_max_chars,
+# The same rule as _clean_text, in the OpenAPI schema too: something visible, no control characters.
+TEXT_PATTERN = f"^[^{CONTROL_CHARS}]*[^\\s{CONTROL_CHARS}][^{CONTROL_CHARS}]*$"
+Name = Annotated[str, Field(max_length=_s.name_max_chars, pattern=TEXT_PATTERN,
+                            description="The character's name."), AfterValidator(_clean_text)]
+Description = Annotated[str, Field(max_length=_s.description_max_chars, pattern=TEXT_PATTERN,
                                    description="A short description of the character."),
                         AfterValidator(_clean_text)]
 

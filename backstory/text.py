@@ -22,7 +22,9 @@ _PARAGRAPH_BREAKS = re.compile(r"\s*\n\s*\n\s*")
 _LINE_BREAK = re.compile(r"\s*\n\s*")
 # A sentence ends with . ! ? (or an ellipsis), optionally closed by quotes or brackets.
 _SENTENCE_END = re.compile(r"[.!?\u2026][\"'\u201d\u2019)\]]*(?=\s|$)")
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u2028\u2029]")
+# A character class body, as escapes that Python, Rust (pydantic) and JSON Schema regexes share.
+CONTROL_CHARS = r"\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u2028\u2029"
+_CONTROL = re.compile(f"[{CONTROL_CHARS}]")
 
 
 def normalize(text: str) -> str:

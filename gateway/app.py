@@ -60,8 +60,20 @@ ERRORS = {code: {"model": ErrorResponse, "description": text} for code, text in 
     504: "Model service timed out"}.items()}
 STREAM_ERRORS = {k: v for k, v in ERRORS.items() if k not in (400, 413, 415)}
 BODY_TYPES = ("application/json", "application/x-www-form-urlencoded", "multipart/form-data")
+
+
+def form_schema(schema: dict) -> dict:
+    """Form fields are strings and cannot be null: an optional field is simply left out."""
+    props = {k: next((a for a in v.get("anyOf", []) if a.get("type") != "null"), v) | {
+        key: v[key] for key in ("title", "description", "default") if key in v and v[key] is not None}
+        for k, v in schema["properties"].items()}
+    return {**schema, "properties": props}
+
+
+JSON_SCHEMA = BackstoryRequest.model_json_schema()
 BODY_DOC = {"requestBody": {"required": True, "content": {
-    t: {"schema": BackstoryRequest.model_json_schema()} for t in BODY_TYPES}}}
+    t: {"schema": JSON_SCHEMA if t == "application/json" else form_schema(JSON_SCHEMA)}
+    for t in BODY_TYPES}}}
 
 
 @app.post("/api/generate", response_model=BackstoryResponse, openapi_extra=BODY_DOC,

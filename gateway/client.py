@@ -68,10 +68,11 @@ class ModelClient:
             try:
                 (result,) = await client.generate(requests=[request.model_dump()])
                 break
-            except aiohttp.ServerDisconnectedError as e:
-                # The depends proxy recycles its HTTP session every 100 requests and drops the
-                # connections in flight on it: the request never ran, so send it once more.
-                if attempt == 2:
+            except aiohttp.ClientConnectionError as e:
+                # BentoML 1.4's depends proxy recycles its HTTP session every 100 requests and
+                # drops the connections in flight on it (ServerDisconnected, "Cannot write to
+                # closing transport"). generate() has no side effects: send it once more.
+                if attempt == 2 or isinstance(e, aiohttp.ServerTimeoutError):
                     raise translate(e) from e
             except Exception as e:
                 raise translate(e) from e
