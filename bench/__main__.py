@@ -1,0 +1,114 @@
+"""Serving benchmark: ours (bentoml serve) against the naive baseline, on this machine.
+
+    python -m bench                      # full run on models/backstory -> BENCHMARKS.md
+    python -m bench --quick --out /tmp/bq/BENCHMARKS.md   # smoke test on a tiny random model
+    python -m bench --levels 1,8,32 --requests-per-level 16 --repeats 3 --soak 1000
+
+Writes the report (--out), the plot and bench/results/latest.json; with an --out other than the
+default (or --quick) the plot, JSON and server logs go beside the report instead.
+"""
+
+import argparse
+import json
+import shlex
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+
+from bench.servers import ROOT
+from bench.session import run_session
+
+DEFAULT_OUT = ROOT / "BENCHMARKS.md"
+DEFAULT_MODEL = ROOT / "models" / "backstory"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="tiny model, levels 1,4, 32 tokens")
+    p.add_argument("--model", type=Path, help=f"HF model folder (default {DEFAULT_MODEL})")
+    p.add_argument("--levels", help="concurrency levels, e.g. 1,8,32")
+    p.add_argument("--requests-per-level", type=int, help="at least 2 x clients are sent")
+    p.add_argument("--repeats", type=int, help="alternating ours/baseline repeats per level")
+    p.add_argument("--new-tokens", type=int, help="tokens per backstory (default 200)")
+    p.add_argument("--soak", type=int, default=0, metavar="N",
+                   help="then N requests at 32 clients to ours only, tracking RSS")
+    p.add_argument("--out", type=Path, help=f"report path (default {DEFAULT_OUT})")
+    p.add_argument("--deadline", type=float, default=1800, help="max seconds per run")
+    return p.parse_args(argv)
+
+
+def defaults(args: argparse.Namespace) -> dict:
+    """Quick mode stays well under two minutes on a loaded CPU; the full run measures."""
+    if args.quick:
+        return {"levels": [1, 4], "requests_per_level": 4, "repeats": 1, "new_tokens": 32,
+                "bare_repeats": 3, "matmul_sizes": (512, 1024)}
+    levels = [1, 8, 32] + ([64, 128] if torch.cuda.is_available() else [])
+    return {"levels": levels, "requests_per_level": 16, "repeats": 3, "new_tokens": 200,
+            "bare_repeats": 5, "matmul_sizes": (1024, 2048)}
+
+
+def settings(args: argparse.Namespace) -> dict:
+    cfg = defaults(args)
+    if args.levels:
+        cfg["levels"] = sorted({int(v) for v in args.levels.split(",") if v.strip()})
+    for name in ("requests_per_level", "repeats", "new_tokens"):
+        if getattr(args, name) is not None:
+            cfg[name] = getattr(args, name)
+    if min(cfg["levels"]) < 1 or cfg["repeats"] < 1 or cfg["new_tokens"] < 1:
+        raise SystemExit("levels, repeats and new tokens must be at least 1")
+    quick_out = Path(tempfile.gettempdir()) / "backstory-bench-quick" / "BENCHMARKS.md"
+    out = (args.out or (quick_out if args.quick else DEFAULT_OUT)).resolve()
+    beside = out.parent if out != DEFAULT_OUT else None
+    cfg.update(out=out, plot=(beside or ROOT / "bench") / "throughput.png",
+               results_dir=beside or ROOT / "bench" / "results", soak=args.soak,
+               deadline_s=args.deadline)
+    return cfg
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    cfg = settings(args)
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        model = args.model or (None if args.quick else DEFAULT_MODEL)
+        if model is None:
+            from tests.conftest import make_tiny_model  # the test suite's random GPT-2
+
+            model = make_tiny_model(Path(tmp) / "tiny-model")
+        model = Path(model).resolve()
+        if not (model / "config.json").exists():
+            log(f"no model at {model} (train one first, or pass --model DIR)")
+            return 2
+        command = shlex.join(["python", "-m", "bench", *(sys.argv[1:] if argv is None else argv)])
+        results = run_session(model, cfg, log)
+        results.update(date=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), command=command,
+                       quick=args.quick)
+    write_outputs(results, cfg)
+    errors = sum(sum(lv["errors"].values()) for lv in results["levels"])
+    log(f"report: {cfg['out']}  ({errors} errors)")
+    return 0
+
+
+def write_outputs(results: dict, cfg: dict) -> None:
+    from bench.plot import write_plot
+    from bench.report import write_report
+
+    results["plot_path"] = str(cfg["plot"])
+    write_plot(results, cfg["plot"])
+    write_report(results, cfg["out"])
+    cfg["results_dir"].mkdir(parents=True, exist_ok=True)
+    (cfg["results_dir"] / "latest.json").write_text(json.dumps(results, indent=1, default=str))
+    for line in Path(cfg["out"]).read_text().splitlines():
+        if line.startswith("- ") and line[2] in "✅❌➖":
+            log(line[2:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""A description of the machine a benchmark ran on: numbers mean nothing without it."""
+
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+import psutil
+import torch
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name, from /proc/cpuinfo (Linux) or lscpu, else platform's guess."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=5).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return platform.processor() or platform.machine()
+
+
+def describe() -> dict:
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {
+        "cpu": cpu_model(),
+        "logical_cores": os.cpu_count(),
+        "physical_cores": psutil.cpu_count(logical=False),
+        "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "gpu": gpu,
+        "python": platform.python_version(),
+        "os": platform.platform(),
+        # A busy machine (e.g. a training job) slows both servers; the ratio survives, the
+        # absolute numbers do not.
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+    }

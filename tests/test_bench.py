@@ -1,0 +1,86 @@
+"""The serving benchmark harness: its statistics, and a quick end-to-end run that must report.
+
+The quick run checks that the harness runs both servers and writes a complete report, not how
+fast anything is (numbers from a tiny random model on a shared CI machine mean nothing)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.load import _on_event
+from bench.stats import RequestResult, percentile, spread, summarize
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_percentile_interpolates_like_numpy():
+    values = [5.0, 1.0, 4.0, 2.0, 3.0]
+    assert percentile(values, 0) == 1.0
+    assert percentile(values, 50) == 3.0
+    assert percentile(values, 100) == 5.0
+    assert percentile(values, 95) == pytest.approx(4.8)
+    assert percentile([1.0, 2.0], 99) == pytest.approx(1.99)
+    assert percentile([7.0], 99) == 7.0
+    assert percentile([], 50) is None
+    with pytest.raises(ValueError):
+        percentile([1.0], 101)
+
+
+def test_summarize_counts_errors_and_unsent_requests_apart_from_latency():
+    results = [RequestResult(1.0, tokens=10, ttft_s=0.1, ttft_gen_s=0.2),
+               RequestResult(3.0, tokens=10, ttft_s=0.3, ttft_gen_s=0.4),
+               RequestResult(99.0, error="HTTP 500: boom")]
+    s = summarize(results, wall_s=4.0, server="ours", route="stream", concurrency=2, planned=4)
+    assert (s.requests, s.ok, s.errors) == (4, 2, 2)
+    assert s.backstories_per_s == pytest.approx(0.5)
+    assert s.tokens_per_s == pytest.approx(5.0)
+    assert s.p50_s == pytest.approx(2.0)  # the failed request's 99 s is not a latency
+    assert s.ttft_mean_s == pytest.approx(0.2)
+    assert s.ttft_gen_p50_s == pytest.approx(0.3)
+    assert "not sent before the run deadline" in s.error_samples
+
+
+def test_spread_ignores_missing_values():
+    assert spread([3.0, 1.0, 2.0, None]) == {"min": 1.0, "median": 2.0, "max": 3.0}
+    assert spread([]) == {"min": None, "median": None, "max": None}
+
+
+def test_sse_opener_event_is_not_the_first_generated_token():
+    r = RequestResult(0.0, error="stream ended without a done event")
+    assert not _on_event(r, "token", {"text": "Aldric"}, "Aldric", started=0.0)
+    assert r.ttft_s is not None and r.ttft_gen_s is None
+    assert not _on_event(r, "token", {"text": " rode"}, "Aldric", started=0.0)
+    assert r.ttft_gen_s is not None and r.ttft_gen_s >= r.ttft_s
+    assert _on_event(r, "done", {"tokens": 7}, "Aldric", started=0.0)
+    assert (r.tokens, r.error) == (7, None)
+
+
+@pytest.mark.slow
+def test_quick_bench_runs_and_reports_both_servers(tmp_path):
+    out = tmp_path / "BENCH.md"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "BENTOML_DO_NOT_TRACK": "true",
+           "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(out)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=420)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = out.read_text()
+    results = json.loads((tmp_path / "latest.json").read_text())
+    assert (tmp_path / "throughput.png").stat().st_size > 1000
+    assert [lv["level"] for lv in results["levels"]] == [1, 4]
+    for lv in results["levels"]:
+        assert set(lv["summary"]) == {"ours", "baseline", "ours_stream"}
+        assert all(n == 0 for n in lv["errors"].values()), lv["error_samples"]
+        assert lv["ratios"]["throughput"]["median"] > 0
+        assert lv["summary"]["ours_stream"]["ttft_p50_s"] > 0
+        assert lv["rss_bytes"]["ours"] > 0 and lv["rss_bytes"]["baseline"] > 0
+        for server in ("ours", "baseline"):
+            assert f"| {lv['level']} | {server} |" in report
+    assert results["bare"]["p50_s"] > 0 and results["flops"]["flops_per_token"] > 0
+    for section in ("## Machine", "## Results", "## Compute ceiling", "## Memory", "## Targets",
+                    "ours/baseline"):
+        assert section in report
+    assert report.count("- ✅") + report.count("- ❌") + report.count("- ➖") == 6
