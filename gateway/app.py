@@ -64,10 +64,13 @@ BODY_TYPES = ("application/json", "application/x-www-form-urlencoded", "multipar
 
 def form_schema(schema: dict) -> dict:
     """Form fields are strings and cannot be null: an optional field is simply left out."""
-    props = {k: next((a for a in v.get("anyOf", []) if a.get("type") != "null"), v) | {
-        key: v[key] for key in ("title", "description", "default") if key in v and v[key] is not None}
-        for k, v in schema["properties"].items()}
-    return {**schema, "properties": props}
+    def not_null(prop: dict) -> dict:
+        kept = next((a for a in prop.get("anyOf", []) if a.get("type") != "null"), prop)
+        notes = {k: prop[k] for k in ("title", "description", "default")
+                 if prop.get(k) is not None}
+        return {**kept, **notes}
+
+    return {**schema, "properties": {k: not_null(v) for k, v in schema["properties"].items()}}
 
 
 JSON_SCHEMA = BackstoryRequest.model_json_schema()
