@@ -21,6 +21,11 @@ class WallClock(TrainerCallback):
     def __init__(self, max_minutes: float):
         self.budget_s = max_minutes * 60
         self.start = time.monotonic()
+        self.start_step = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        # After a checkpoint is loaded: a resumed run gets its own budget (and LR cycle).
+        self.start, self.start_step = time.monotonic(), state.global_step
 
     def fraction(self) -> float:
         return (time.monotonic() - self.start) / self.budget_s if self.budget_s else 0.0
@@ -33,11 +38,13 @@ class WallClock(TrainerCallback):
 
 def cosine_schedule(optimizer, cfg: TrainConfig, clock: WallClock):
     """Linear warm-up, then cosine decay to 10% of the peak over max_steps or the time budget,
-    whichever runs out first, so a time-limited run still ends at a low learning rate."""
+    whichever runs out first, so a time-limited run still ends at a low learning rate. A resumed
+    run starts a new cycle (SGDR-style) at its own --lr, over its own budget."""
 
     def lr_lambda(step: int) -> float:
+        step -= clock.start_step  # a resumed run warms up again and decays over its own budget
         warm = min(1.0, (step + 1) / max(1, cfg.warmup_steps))
-        progress = min(1.0, max(step / cfg.max_steps, clock.fraction()))
+        progress = min(1.0, max(step / max(1, cfg.max_steps - clock.start_step), clock.fraction()))
         return warm * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
