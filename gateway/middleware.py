@@ -14,10 +14,14 @@ from backstory.config import get_settings
 
 log = logging.getLogger("backstory.access")
 PROTECTED = ("/api/", "/generate")
+CSP = (b"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+       b"connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
+# FastAPI's /docs and /redoc pages load Swagger UI / ReDoc from a CDN with an inline script.
+DOCS_CSP = (b"default-src 'self'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
+            b"style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net "
+            b"https://fonts.googleapis.com; img-src 'self' data: https://fastapi.tiangolo.com; "
+            b"font-src https://fonts.gstatic.com; worker-src blob:; frame-ancestors 'none'")
 SECURITY_HEADERS = [
-    (b"content-security-policy", b"default-src 'self'; script-src 'self'; style-src 'self'; "
-     b"img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; "
-     b"form-action 'self'"),
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"no-referrer"),
     (b"x-frame-options", b"DENY"),
@@ -48,7 +52,9 @@ class GatewayMiddleware:
             if message["type"] == "http.response.start":
                 state["status"] = message["status"]
                 message.setdefault("headers", [])
+                csp = DOCS_CSP if path in ("/docs", "/redoc") else CSP
                 message["headers"] = [*message["headers"], *SECURITY_HEADERS,
+                                      (b"content-security-policy", csp),
                                       (b"x-request-id", request_id.encode())]
             await send(message)
 
