@@ -80,6 +80,7 @@ def export(cfg: TrainConfig, trainer: Trainer, tokenizer, final: dict, wall_s: f
         repetition_penalty=s.repetition_penalty, max_new_tokens=s.max_new_tokens,
         bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id)
+    model.config.use_cache = True  # the Trainer turns the KV cache off; generation wants it
     model.to(torch.float16).save_pretrained(out, safe_serialization=True)
     model.to(torch.float32)
     tokenizer.save_pretrained(out)
