@@ -61,6 +61,12 @@ def export(cfg: TrainConfig, trainer: Trainer, tokenizer, final: dict, wall_s: f
     model = trainer.model
     state = trainer.state
     tokens_seen = state.global_step * cfg.batch_size * cfg.grad_accum * cfg.block_size
+    command = "python -m training " + shlex.join(sys.argv[1:])
+    before = out / "metrics.json"
+    if cfg.resume and before.exists():  # a resumed run: the card tells the whole history
+        previous = json.loads(before.read_text())
+        wall_s += previous["wall_seconds"]
+        command = f"{previous['command']}\n{command}"
     metrics = {
         "val_loss": round(final["eval_loss"], 4),
         "val_perplexity": round(math.exp(final["eval_loss"]), 2),
@@ -71,7 +77,7 @@ def export(cfg: TrainConfig, trainer: Trainer, tokenizer, final: dict, wall_s: f
         "wall_seconds": round(wall_s, 1),
         "tokens_per_second": round(tokens_seen / max(wall_s, 1e-9)),
         "hardware": hardware(),
-        "command": "python -m training " + shlex.join(sys.argv[1:]),
+        "command": command,
         "config": asdict(cfg),
     }
     s = Settings()
