@@ -34,6 +34,7 @@ class Settings(BaseSettings):
     top_p: float = Field(0.95, gt=0, le=1, description="Default nucleus sampling mass.")
     top_k: int = Field(50, ge=0, description="Default top-k (0 = off).")
     repetition_penalty: float = Field(1.2, ge=1, le=2, description="Default repetition penalty.")
+    no_repeat_ngram_size: int = Field(0, ge=0, le=10, description="Ban repeated n-grams (0 = off).")
     opener: bool = Field(True, description="Start each story with the character's name.")
     name_max_chars: int = Field(80, ge=1, description="Longest accepted name.")
     description_max_chars: int = Field(600, ge=1, description="Longest accepted description.")

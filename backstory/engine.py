@@ -93,7 +93,8 @@ class Engine:
         eos = self.tokenizer.eos_token_id
         config = GenerationConfig(
             do_sample=False, max_new_tokens=max(r.max_new_tokens for r in rows),
-            eos_token_id=eos, pad_token_id=self.tokenizer.pad_token_id, use_cache=True)
+            eos_token_id=eos, pad_token_id=self.tokenizer.pad_token_id, use_cache=True,
+            no_repeat_ngram_size=self.settings.no_repeat_ngram_size or None)
         sampler = RowSampler(rows, prompt_len, eos, self.device)
         streamer = None
         if emit:
