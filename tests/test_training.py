@@ -8,6 +8,9 @@ from pathlib import Path
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from backstory.config import Settings
+from backstory.engine import Engine
+from backstory.schemas import BackstoryRequest
 from training.__main__ import parse_args
 from training.config import CORPUS, TrainConfig, validate
 from training.data import find_name, headed, load_passages, to_passages
@@ -16,11 +19,12 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def train_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+def train_cli(*args: str, timeout: int = 300, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "training", *args], cwd=ROOT, text=True,
                           capture_output=True, timeout=timeout,
                           env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin",
-                               "BENTOML_DO_NOT_TRACK": "true", "TOKENIZERS_PARALLELISM": "false"})
+                               "BENTOML_DO_NOT_TRACK": "true", "TOKENIZERS_PARALLELISM": "false",
+                               **env})
 
 
 @pytest.fixture(scope="module")
@@ -99,11 +103,16 @@ def test_passages_get_the_serving_header_and_every_document_gives_validation():
     assert headed("no names here at all, only words.") == "no names here at all, only words."
 
 
-def test_fine_tunes_a_base_model_with_its_tokenizer(tiny_run, tmp_path):
-    out = tmp_path / "fine-tuned"
+def test_fine_tunes_a_base_model_into_the_bentoml_store(tiny_run, tmp_path, monkeypatch):
+    out, home = tmp_path / "fine-tuned", tmp_path / "bentoml"
     r = train_cli("--preset", "tiny", "--base_model", str(tiny_run), "--max_steps", "3",
-                  "--output_dir", str(out), "--cache_dir", str(tmp_path / "cache"))
+                  "--output_dir", str(out), "--cache_dir", str(tmp_path / "cache"),
+                  "--bentoml_tag", "backstory-test", BENTOML_HOME=str(home))
     assert r.returncode == 0, r.stderr[-3000:]
+    # The service loads it by tag from the model store.
+    monkeypatch.setenv("BENTOML_HOME", str(home))
+    engine = Engine(Settings(model="backstory-test:latest", device="cpu"))
+    assert engine.generate([BackstoryRequest(name="A", description="b", max_new_tokens=3)])
     base, tuned = AutoTokenizer.from_pretrained(tiny_run), AutoTokenizer.from_pretrained(out)
     assert base.get_vocab() == tuned.get_vocab()
     assert json.loads((out / "metrics.json").read_text())["config"]["base_model"] == str(tiny_run)

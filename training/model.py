@@ -1,5 +1,6 @@
 """The model: a GPT-2 sized by the config, or a pretrained causal LM to fine-tune."""
 
+import torch
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, PreTrainedModel
 
 from training.config import TrainConfig
@@ -7,7 +8,8 @@ from training.config import TrainConfig
 
 def build_model(cfg: TrainConfig, tokenizer) -> PreTrainedModel:
     if cfg.base_model:
-        model = AutoModelForCausalLM.from_pretrained(cfg.base_model)
+        # fp32 master weights, whatever the checkpoint holds (ours are fp16).
+        model = AutoModelForCausalLM.from_pretrained(cfg.base_model, dtype=torch.float32)
         if len(tokenizer) > model.get_input_embeddings().num_embeddings:
             model.resize_token_embeddings(len(tokenizer))
         return model
