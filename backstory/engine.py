@@ -55,10 +55,18 @@ class Engine:
         self.parameters = sum(p.numel() for p in self.model.parameters())
         self.context = getattr(self.model.config, "n_positions", None) or getattr(
             self.model.config, "max_position_embeddings", 2048)
+        self.word_pieces = self._word_pieces()
         self.lock = threading.Lock()  # one batch at a time: batches already use every core
         self.in_flight = 0  # rows waiting for or in a batch (operators and tests watch it)
         self.generated_tokens = 0
         self._counting = threading.Lock()
+
+    def _word_pieces(self) -> torch.Tensor:
+        """Tokens that would glue onto the previous word ("Bram" + "le"). The prompt ends with
+        the name, so the story's first token must start a new word or be punctuation."""
+        ids = [i for i in range(len(self.tokenizer))
+               if self.tokenizer.decode([i])[:1].isalnum()]
+        return torch.tensor(ids, dtype=torch.long, device=self.device)
 
     def opener(self, request: BackstoryRequest) -> str:
         """The part of the prompt that is already the story (see text.build_prompt)."""
@@ -95,7 +103,8 @@ class Engine:
             do_sample=False, max_new_tokens=max(r.max_new_tokens for r in rows),
             eos_token_id=eos, pad_token_id=self.tokenizer.pad_token_id, use_cache=True,
             no_repeat_ngram_size=self.settings.no_repeat_ngram_size or None)
-        sampler = RowSampler(rows, prompt_len, eos, self.device)
+        sampler = RowSampler(rows, prompt_len, eos, self.device,
+                             self.word_pieces if self.settings.opener else None)
         streamer = None
         if emit:
             openers = [self.opener(r) for r in requests]

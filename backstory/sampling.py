@@ -30,7 +30,10 @@ class RowSettings:
 
 
 class RowSampler(LogitsProcessor):
-    def __init__(self, rows: list[RowSettings], prompt_len: int, eos_id: int, device):
+    def __init__(self, rows: list[RowSettings], prompt_len: int, eos_id: int, device,
+                 first_banned: torch.Tensor | None = None):
+        """`first_banned`: token ids the first new token may not be (see Engine.word_pieces)."""
+        self.first_banned = first_banned
         def col(name, dtype=torch.float32):
             values = [getattr(r, name) for r in rows]
             return torch.tensor(values, dtype=dtype, device=device)[:, None]
@@ -47,6 +50,8 @@ class RowSampler(LogitsProcessor):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         step = input_ids.shape[1] - self.prompt_len
         scores = self._penalise(input_ids, scores.float()) / self.temperature
+        if step == 0 and self.first_banned is not None:
+            scores[:, self.first_banned] = NEG_INF
         for i, lo in enumerate(self.min_new):
             if step < lo:
                 scores[i, self.eos_id] = NEG_INF

@@ -61,3 +61,11 @@ def test_cancelled_row_stops_without_stopping_the_others(engine):
     first, second = engine.generate(MIXED[:2], rows=rows)
     assert first.tokens == 0
     assert second == engine.generate([MIXED[1]])[0]
+
+
+def test_story_never_glues_onto_the_name(engine):
+    for seed in range(8):
+        (g,) = engine.generate([Request(name="Bram", description="A smith.", seed=seed,
+                                        max_new_tokens=3)])
+        nxt = g.backstory[len("Bram"):][:1]
+        assert not nxt.isalnum(), g.backstory
