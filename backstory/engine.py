@@ -64,8 +64,10 @@ class Engine:
     def _word_pieces(self) -> torch.Tensor:
         """Tokens that would glue onto the previous word ("Bram" + "le"). The prompt ends with
         the name, so the story's first token must start a new word or be punctuation."""
-        ids = [i for i in range(len(self.tokenizer))
-               if self.tokenizer.decode([i])[:1].isalnum()]
+        def glues(text: str) -> bool:  # a letter or digit, or part of a multi-byte character
+            return text[:1].isalnum() or text[:1] == "\ufffd"
+
+        ids = [i for i in range(len(self.tokenizer)) if glues(self.tokenizer.decode([i]))]
         return torch.tensor(ids, dtype=torch.long, device=self.device)
 
     def opener(self, request: BackstoryRequest) -> str:
