@@ -36,6 +36,7 @@ class Settings(BaseSettings):
     repetition_penalty: float = Field(1.2, ge=1, le=2, description="Default repetition penalty.")
     no_repeat_ngram_size: int = Field(0, ge=0, le=10, description="Ban repeated n-grams (0 = off).")
     opener: bool = Field(True, description="Start each story with the character's name.")
+    restate: bool = Field(True, description="Open with the description as a sentence.")
     name_max_chars: int = Field(80, ge=1, description="Longest accepted name.")
     description_max_chars: int = Field(600, ge=1, description="Longest accepted description.")
 

@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 from backstory.config import Settings
 from backstory.sampling import RowSampler, RowSettings
 from backstory.schemas import BackstoryRequest, Generation
-from backstory.text import build_prompt, clean_backstory, find_stop, normalize
+from backstory.text import build_prompt, clean_backstory, find_stop, opening
 
 StepCallback = Callable[[list[int]], None]  # called with each step's new token of every row
 Emit = Callable[[int, str], None]  # called with (row, new text) as a row's story grows
@@ -72,7 +72,8 @@ class Engine:
 
     def opener(self, request: BackstoryRequest) -> str:
         """The part of the prompt that is already the story (see text.build_prompt)."""
-        return normalize(request.name) if self.settings.opener else ""
+        return opening(request.name, request.description, self.settings.opener,
+                       self.settings.restate)
 
     def row_settings(self, r: BackstoryRequest) -> RowSettings:
         s = self.settings
@@ -92,7 +93,8 @@ class Engine:
         With `emit`, each row's text is also streamed as it grows; `rows` lets the caller keep
         the rows' cancel events."""
         rows = rows or [self.row_settings(r) for r in requests]
-        prompts = [build_prompt(r.name, r.description, self.settings.opener) for r in requests]
+        s = self.settings
+        prompts = [build_prompt(r.name, r.description, s.opener, s.restate) for r in requests]
         enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
         enc = {k: v[:, -self.context + 1:].to(self.device) for k, v in enc.items()}
         prompt_len = enc["input_ids"].shape[1]

@@ -44,10 +44,24 @@ def header(name: str, description: str) -> str:
     return HEADER.format(name=normalize(name), description=normalize(description))
 
 
-def build_prompt(name: str, description: str, opener: bool = True) -> str:
-    """The prompt for one backstory. With `opener` the story starts with the character's name,
-    which anchors the model on the character from its first token."""
-    return EOS + header(name, description) + (normalize(name) if opener else "")
+def opening(name: str, description: str, opener: bool = True, restate: bool = False) -> str:
+    """The start of the story, written for the model: the character's name (anchors the model
+    on the character from its first token), and with `restate` a description that is a noun
+    phrase ("An empire of androids...") turned into the first sentence ("Kaylon was an empire
+    of androids..."), which keeps the story on the description."""
+    if not opener:
+        return ""
+    name, description = normalize(name), normalize(description)
+    first = description.split(" ", 1)[0].lower()
+    if restate and first in ("a", "an", "the") and " " in description:
+        sentence = f"{name} was {description[0].lower()}{description[1:]}"
+        return sentence if sentence[-1] in ".!?" else sentence + "."
+    return name
+
+
+def build_prompt(name: str, description: str, opener: bool = True, restate: bool = False) -> str:
+    """The prompt for one backstory: the training format's header, then the opening."""
+    return EOS + header(name, description) + opening(name, description, opener, restate)
 
 
 def find_stop(text: str) -> int | None:

@@ -12,7 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from backstory.config import Settings
-from backstory.text import build_prompt, clean_backstory, normalize
+from backstory.text import build_prompt, clean_backstory, opening
 
 
 @dataclass
@@ -41,7 +41,7 @@ class NaiveGenerator:
             config, "max_position_embeddings", 2048)
 
     def prompt_ids(self, name: str, description: str) -> torch.Tensor:
-        prompt = build_prompt(name, description, self.settings.opener)
+        prompt = build_prompt(name, description, self.settings.opener, self.settings.restate)
         ids = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
         return ids[:, -self.context + 1:].to(self.device)
 
@@ -64,7 +64,7 @@ class NaiveGenerator:
             use_cache=True, pad_token_id=self.tokenizer.eos_token_id)
         generate_seconds = time.perf_counter() - t0
         new = out[0, ids.shape[1]:].tolist()
-        opener = normalize(name) if s.opener else ""
+        opener = opening(name, description, s.opener, s.restate)
         text = clean_backstory(self.tokenizer.decode(new, skip_special_tokens=True), opener)
         return Output(backstory=text, tokens=len(new), seed=seed,
                       seconds=time.perf_counter() - started, generate_seconds=generate_seconds)

@@ -37,7 +37,7 @@ SEED_BASE, SEED_STRIDE = 1000, 10_000  # prompt i, seed round r: seed 1000 + i +
 QUICK_MAX_CHARS, QUICK_BLOCKS = 100_000, 16  # --quick: a data sample and a few blocks
 MAX_BLOCK_SIZE, MIN_REFERENCE_WORDS = 512, 20
 SHOWN = ("model", "temperature", "top_p", "top_k", "repetition_penalty", "max_new_tokens",
-         "opener")
+         "no_repeat_ngram_size", "opener", "restate")
 COLUMNS = ("name_use", "name_use_beyond_opener", "relevance", "repetition_3gram", "distinct_1",
            "distinct_2", "complete_sentence", "mean_words", "near_empty")
 
