@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -90,6 +91,9 @@ def bentoml_serve(model: str, port: int | None = None, env: dict[str, str] | Non
     """`bentoml serve` of the whole stack on `model`; yields the base URL."""
     port = port or free_port()
     base = f"http://127.0.0.1:{port}"
-    with running(bentoml_command(port, target), f"{base}/readyz",
-                 {"BACKSTORY_MODEL": model, **(env or {})}, log_path):
+    # A BENTOML_HOME of its own: servers that share one also share (and wipe at start-up) the
+    # Prometheus multiprocess directory, so a second server would zero the first one's /metrics.
+    with tempfile.TemporaryDirectory(prefix="bentoml-home-") as home, running(
+            bentoml_command(port, target), f"{base}/readyz",
+            {"BENTOML_HOME": home, "BACKSTORY_MODEL": model, **(env or {})}, log_path):
         yield base

@@ -66,6 +66,6 @@ def test_cancelled_row_stops_without_stopping_the_others(engine):
 def test_story_never_glues_onto_the_name(engine):
     for seed in range(8):
         pieces: list[str] = []
-        engine.generate([Request(name="Bram", description="A smith.", seed=seed,
+        engine.generate([Request(name="Bram", description="Forges swords.", seed=seed,
                                  max_new_tokens=3)], emit=lambda _, text, p=pieces: p.append(text))
         assert pieces[0] == "Bram" and not pieces[1][:1].isalnum(), pieces
