@@ -103,6 +103,10 @@ async def stream(http: Request, query: Annotated[BackstoryRequest, Query()], cli
     started = time.perf_counter()
     try:
         async for item in client.stream(query):
+            # Checked per event, not left to the server: stop reading the model service as soon
+            # as the browser is gone (leaving the loop closes the upstream stream, ending the row).
+            if await http.is_disconnected():
+                break
             if "text" in item:
                 yield ServerSentEvent(event="token", data={"text": item["text"]})
             else:
