@@ -80,6 +80,7 @@ class Backstory:
             "context": engine.context, "max_batch_size": settings.max_batch_size,
             "max_latency_ms": settings.max_latency_ms, "batch_wait_ms": settings.batch_wait_ms,
             "max_concurrency": settings.max_concurrency, "in_flight": engine.in_flight,
+            "threads": engine.threads,
             "generated_tokens": engine.generated_tokens,
         }
 

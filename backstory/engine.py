@@ -44,6 +44,7 @@ class Engine:
         self.device = pick_device(settings.device)
         if settings.threads:
             torch.set_num_threads(settings.threads)
+        self.threads = torch.get_num_threads()
         path = resolve_model(settings.model)
         # fp16 weights are upcast on CPU, where half precision matmuls are slow.
         dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
