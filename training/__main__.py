@@ -5,6 +5,7 @@ import sys
 
 from transformers import HfArgumentParser
 
+from training.cli import run_cli
 from training.config import TrainConfig, preset_defaults
 
 
@@ -19,15 +20,13 @@ def parse_args(argv: list[str]) -> TrainConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
+    def body() -> None:
         cfg = parse_args(sys.argv[1:] if argv is None else argv)
         from training.train import train
 
         train(cfg)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_cli(body)
 
 
 if __name__ == "__main__":

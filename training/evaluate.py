@@ -29,6 +29,7 @@ from backstory.engine import Engine
 from backstory.schemas import BackstoryRequest
 from backstory.text import normalize
 from training import metrics
+from training.cli import run_cli
 from training.config import TrainConfig
 from training.data import load_passages, tokenize_and_group
 
@@ -264,33 +265,32 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--compare", nargs="+", metavar="VARIANT",
                     help='Settings variants, e.g. "opener=false" "temperature=0.7,top_k=0".')
     args = ap.parse_args(argv)
+    return run_cli(lambda: run(args))
+
+
+def run(args: argparse.Namespace) -> None:
     out_dir = args.out_dir or Path(args.model)
-    try:
-        if args.seeds < 1 or (args.limit is not None and args.limit < 2):
-            raise ValueError("--seeds must be at least 1 and --limit at least 2")
-        base = parse_overrides(args.set)
-        variants = [(v, {**base, **parse_overrides([v])}) for v in args.compare or []]
-        kw = dict(quick=args.quick, seeds=args.seeds, limit=args.limit,
-                  batch_size=args.batch_size, prompts_path=args.prompts)
-        if not variants:
-            result = evaluate(args.model, base, **kw)
-            write(result, out_dir)
-            print(markdown(result).split("## Samples")[0])
-            return 0
-        results, ppl = [], None
-        for label, overrides in variants:
-            print(f"variant {label}", file=sys.stderr)
-            results.append((label, evaluate(args.model, overrides, ppl=ppl, **kw)))
-            ppl = results[-1][1]["perplexity"]
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "compare.json").write_text(json.dumps(dict(results), indent=2,
-                                                         ensure_ascii=False) + "\n")
-        (out_dir / "compare.md").write_text(compare_markdown(results))
-        print(compare_markdown(results))
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    if args.seeds < 1 or (args.limit is not None and args.limit < 2):
+        raise ValueError("--seeds must be at least 1 and --limit at least 2")
+    base = parse_overrides(args.set)
+    variants = [(v, {**base, **parse_overrides([v])}) for v in args.compare or []]
+    kw = dict(quick=args.quick, seeds=args.seeds, limit=args.limit,
+              batch_size=args.batch_size, prompts_path=args.prompts)
+    if not variants:
+        result = evaluate(args.model, base, **kw)
+        write(result, out_dir)
+        print(markdown(result).split("## Samples")[0])
+        return
+    results, ppl = [], None
+    for label, overrides in variants:
+        print(f"variant {label}", file=sys.stderr)
+        results.append((label, evaluate(args.model, overrides, ppl=ppl, **kw)))
+        ppl = results[-1][1]["perplexity"]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "compare.json").write_text(json.dumps(dict(results), indent=2,
+                                                     ensure_ascii=False) + "\n")
+    (out_dir / "compare.md").write_text(compare_markdown(results))
+    print(compare_markdown(results))
 
 
 if __name__ == "__main__":
