@@ -9,7 +9,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GenerationConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from backstory.config import Settings
 from backstory.sampling import RowSampler, RowSettings
@@ -38,6 +44,22 @@ def pick_device(setting: str = "auto") -> torch.device:
     return torch.device(setting)
 
 
+def load_model(path: str, device: torch.device) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
+    """Tokenizer (left padding, a pad token) and model in eval mode on `device`: bf16 on CUDA,
+    fp32 on CPU (fp16 weights are upcast there, where half precision matmuls are slow)."""
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+    return tokenizer, model
+
+
+def context_length(model: PreTrainedModel) -> int:
+    config = model.config
+    return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", 2048)
+
+
 class Engine:
     def __init__(self, settings: Settings):
         self.settings = settings
@@ -46,16 +68,10 @@ class Engine:
             torch.set_num_threads(settings.threads)
         self.threads = torch.get_num_threads()
         path = resolve_model(settings.model)
-        # fp16 weights are upcast on CPU, where half precision matmuls are slow.
-        dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
-        self.tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(self.device).eval()
+        self.tokenizer, self.model = load_model(path, self.device)
         self.name = Path(path).name if Path(path).is_dir() else path
         self.parameters = sum(p.numel() for p in self.model.parameters())
-        self.context = getattr(self.model.config, "n_positions", None) or getattr(
-            self.model.config, "max_position_embeddings", 2048)
+        self.context = context_length(self.model)
         self.word_pieces = self._word_pieces()
         self.lock = threading.Lock()  # one batch at a time: batches already use every core
         self.in_flight = 0  # rows waiting for or in a batch (operators and tests watch it)
@@ -110,9 +126,9 @@ class Engine:
             no_repeat_ngram_size=self.settings.no_repeat_ngram_size or None)
         sampler = RowSampler(rows, prompt_len, eos, self.device,
                              self.word_pieces if self.settings.opener else None)
+        openers = [self.opener(r) for r in requests]
         streamer = None
         if emit:
-            openers = [self.opener(r) for r in requests]
             streamer = _StepStreamer(_Detokenizer(self.tokenizer, rows, openers, emit))
         self._count(in_flight=len(rows))
         try:
@@ -121,8 +137,8 @@ class Engine:
                                           logits_processor=[sampler], streamer=streamer)
         finally:
             self._count(in_flight=-len(rows))
-        results = [self._result(r, row, ids) for r, row, ids in
-                   zip(requests, rows, out[:, prompt_len:].tolist())]
+        results = [self._result(opener, row, ids) for opener, row, ids in
+                   zip(openers, rows, out[:, prompt_len:].tolist())]
         self._count(tokens=sum(g.tokens for g in results))
         return results
 
@@ -131,11 +147,11 @@ class Engine:
             self.in_flight += in_flight
             self.generated_tokens += tokens
 
-    def _result(self, request: BackstoryRequest, row: RowSettings, ids: list[int]) -> Generation:
+    def _result(self, opener: str, row: RowSettings, ids: list[int]) -> Generation:
         eos = self.tokenizer.eos_token_id
         ids = ids[: ids.index(eos)] if eos in ids else ids
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
-        return Generation(backstory=clean_backstory(text, opener=self.opener(request)),
+        return Generation(backstory=clean_backstory(text, opener=opener),
                           tokens=len(ids), seed=row.seed, model=self.name)
 
 

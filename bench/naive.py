@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from backstory.config import Settings
+from backstory.engine import context_length, load_model, pick_device
 from backstory.text import build_prompt, clean_backstory, opening
 
 
@@ -30,15 +30,10 @@ class NaiveGenerator:
 
     def __init__(self, model_dir: str, settings: Settings | None = None):
         self.settings = settings or Settings(model=model_dir)
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self.model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(
-            model_dir, dtype=dtype).to(self.device).eval()
+        self.device = pick_device("auto")
+        self.tokenizer, self.model = load_model(model_dir, self.device)
         self.name = Path(model_dir).name
-        config = self.model.config
-        self.context = getattr(config, "n_positions", None) or getattr(
-            config, "max_position_embeddings", 2048)
+        self.context = context_length(self.model)
 
     def prompt_ids(self, name: str, description: str) -> torch.Tensor:
         prompt = build_prompt(name, description, self.settings.opener, self.settings.restate)
