@@ -42,3 +42,14 @@ def describe() -> dict:
         # absolute numbers do not.
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
     }
+
+
+def markdown(m: dict) -> list[str]:
+    """The machine as Markdown list lines, for every report under bench/."""
+    return [
+        f"- CPU: {m['cpu']} ({m['logical_cores']} logical / {m['physical_cores']} physical "
+        f"cores), {m['ram_gib']} GiB RAM", f"- GPU: {m['gpu'] or 'none'}",
+        f"- torch {m['torch']} ({m['torch_threads']} threads in the bench process), "
+        f"Python {m['python']}, {m['os']}",
+        f"- Load average when the bench started: {', '.join(map(str, m['load_average_at_start']))}",
+    ]

@@ -4,6 +4,7 @@ import os
 from pathlib import Path
 
 from bench.ceiling import FORMULA
+from bench.machine import markdown
 
 TARGET_RATIO, TARGET_OVERHEAD, TARGET_TTFT_S, TARGET_RSS = 8.0, 1.2, 0.250, 1e9
 SOAK_GROWTH = 0.05  # RSS may wobble with the allocator; more than 5 % is growth
@@ -31,17 +32,11 @@ def focus(results: dict) -> dict:
 
 
 def header(r: dict) -> list[str]:
-    m = r["machine"]
     quick = ["", "**Quick mode** (tiny random model, few requests): a smoke test of the harness, "
              "not a measurement."] if r["quick"] else []
     return [
         "# Serving benchmark", "", f"Date: {r['date']}", "", "Command:", "",
-        f"    {r['command']}", *quick, "", "## Machine", "",
-        f"- CPU: {m['cpu']} ({m['logical_cores']} logical / {m['physical_cores']} physical "
-        f"cores), {m['ram_gib']} GiB RAM", f"- GPU: {m['gpu'] or 'none'}",
-        f"- torch {m['torch']} ({m['torch_threads']} threads in the bench process), "
-        f"Python {m['python']}, {m['os']}",
-        f"- Load average when the bench started: {', '.join(map(str, m['load_average_at_start']))}",
+        f"    {r['command']}", *quick, "", "## Machine", "", *markdown(r["machine"]),
     ]
 
 
@@ -177,9 +172,18 @@ def targets(r: dict) -> list[str]:
                   f"{soak_failed} in the soak (see the error lines above)")]
 
 
+def levers() -> list[str]:
+    """The settings and techniques behind these numbers are measured apart, one at a time."""
+    return ["", "## What makes it fast", "",
+            "Each lever measured on its own, in process (`python -m bench.levers`): "
+            "[bench/levers.md](bench/levers.md). Batch-size sweep of the served stack "
+            "(`python -m bench.sweep`): [bench/sweep-max_batch_size.md]"
+            "(bench/sweep-max_batch_size.md). What we kept and why: README, Performance."]
+
+
 def write_report(results: dict, path: Path) -> None:
     results = {**results, "plot": os.path.relpath(results["plot_path"], path.parent)}
     lines = [*header(results), *setup(results), *table(results), *ceiling(results),
-             *memory(results), *targets(results)]
+             *memory(results), *targets(results), *([] if results["quick"] else levers())]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")

@@ -59,14 +59,42 @@ def test_sse_opener_event_is_not_the_first_generated_token():
     assert (r.tokens, r.error) == (7, None)
 
 
+def run_bench(*args: str, timeout: float = 420) -> None:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "BENTOML_DO_NOT_TRACK": "true",
+           "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def test_levers_are_each_measured_and_reported(tiny_model, tmp_path):
+    out = tmp_path / "levers.md"
+    run_bench("bench.levers", "--model", str(tiny_model), "--batches", "1,2", "--new-tokens", "4",
+              "--repeats", "1", "--levers", "engine,engine_1thread,generate,static",
+              "--out", str(out), timeout=180)
+    rows = json.loads(out.with_suffix(".json").read_text())["results"]
+    assert [(r["lever"], r["batch"]) for r in rows] == [
+        (lever, b) for lever in ("engine", "engine_1thread", "generate", "static") for b in (1, 2)]
+    assert all("error" not in r and r["tokens_per_s"] > 0 for r in rows), rows
+    report = out.read_text()
+    assert "## Machine" in report and "| engine | 2 |" in report and "| 1.00x |" in report
+
+
+@pytest.mark.slow
+def test_sweep_serves_each_value_and_reports(tiny_model, tmp_path):
+    out = tmp_path / "sweep.md"
+    run_bench("bench.sweep", "--model", str(tiny_model), "--setting", "max_batch_size",
+              "--values", "2", "--clients", "2", "--repeats", "1", "--new-tokens", "4",
+              "--out", str(out), timeout=240)
+    (row,) = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert row["value"] == "2" and row["errors"] == 0 and row["tokens_per_s"] > 0
+    assert "| 2 |" in out.read_text()
+
+
 @pytest.mark.slow
 def test_quick_bench_runs_and_reports_both_servers(tmp_path):
     out = tmp_path / "BENCH.md"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "BENTOML_DO_NOT_TRACK": "true",
-           "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(out)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=420)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_bench("bench", "--quick", "--out", str(out))
     report = out.read_text()
     results = json.loads((tmp_path / "latest.json").read_text())
     assert (tmp_path / "throughput.png").stat().st_size > 1000

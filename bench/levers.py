@@ -1,0 +1,179 @@
+"""What makes generation fast, one lever at a time, in process (no HTTP, no batching window).
+
+    python -m bench.levers                         # default model, batches 1,8,32, 200 tokens
+    python -m bench.levers --batches 1,32 --levers engine,static
+
+Every lever generates exactly --new-tokens tokens per row (min = max) for the same evaluation
+prompts with the served sampling settings, after one warm-up run (which also pays any compile
+time, reported apart); the median of --repeats timed runs counts. Writes bench/levers.md (and
+the raw numbers to bench/results/levers.json).
+"""
+
+import argparse
+import json
+import shlex
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from transformers import CompileConfig, GenerationConfig
+
+from backstory.config import Settings
+from backstory.engine import Engine
+from backstory.schemas import BackstoryRequest
+from backstory.text import build_prompt
+from bench.machine import describe, markdown
+from bench.servers import ROOT
+from training.evaluate import load_prompts
+
+Run = Callable[[list[BackstoryRequest]], None]
+DEFAULT_OUT = ROOT / "bench" / "levers.md"
+
+
+def sampling(engine: Engine, new_tokens: int, **extra) -> GenerationConfig:
+    s = engine.settings
+    return GenerationConfig(
+        do_sample=True, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
+        repetition_penalty=s.repetition_penalty, min_new_tokens=new_tokens,
+        max_new_tokens=new_tokens, pad_token_id=engine.tokenizer.pad_token_id,
+        eos_token_id=engine.tokenizer.eos_token_id, **extra)
+
+
+def encode(engine: Engine, requests: list[BackstoryRequest]) -> dict:
+    s = engine.settings
+    prompts = [build_prompt(r.name, r.description, s.opener, s.restate) for r in requests]
+    return engine.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+
+
+def hf_generate(engine: Engine, config: GenerationConfig, grad: Callable = torch.inference_mode
+                ) -> Run:
+    def run(requests: list[BackstoryRequest]) -> None:
+        with grad():
+            engine.model.generate(**encode(engine, requests), generation_config=config)
+    return run
+
+
+def continuous(engine: Engine, config: GenerationConfig) -> Run:
+    """transformers' continuous batching (paged KV cache, rows join and leave between steps)."""
+    def run(requests: list[BackstoryRequest]) -> None:
+        ids = [engine.tokenizer(build_prompt(r.name, r.description, engine.settings.opener,
+                                             engine.settings.restate),
+                                add_special_tokens=False)["input_ids"] for r in requests]
+        with torch.inference_mode():
+            engine.model.generate_batch(ids, generation_config=config)
+    return run
+
+
+def threads(run: Run, n: int) -> Run:
+    def limited(requests: list[BackstoryRequest]) -> None:
+        before = torch.get_num_threads()
+        torch.set_num_threads(n)
+        try:
+            run(requests)
+        finally:
+            torch.set_num_threads(before)
+    return limited
+
+
+DESCRIPTIONS = {
+    "engine": "what we serve: Engine.generate (per-row sampler and seeds, inference_mode, "
+              "dynamic KV cache, all cores)",
+    "engine_1thread": "the same on one torch thread",
+    "generate": "plain transformers generate() with its own sampling processors",
+    "no_grad": "the same under torch.no_grad instead of inference_mode",
+    "static": "the same with a static KV cache",
+    "static+compile": "static cache and torch.compile (inductor, fixed shapes)",
+    "continuous": "transformers continuous batching (generate_batch, paged cache)",
+}
+
+
+def levers(engine: Engine, new_tokens: int) -> dict[str, Run]:
+    compile_cfg = CompileConfig(dynamic=False, mode="default")
+    compile_cfg._compile_all_devices = True  # transformers compiles on CUDA only unless told
+    return {
+        "engine": lambda reqs: engine.generate(reqs),
+        "engine_1thread": threads(lambda reqs: engine.generate(reqs), 1),
+        "generate": hf_generate(engine, sampling(engine, new_tokens)),
+        "no_grad": hf_generate(engine, sampling(engine, new_tokens), torch.no_grad),
+        "static": hf_generate(engine, sampling(engine, new_tokens, cache_implementation="static")),
+        "static+compile": hf_generate(engine, sampling(
+            engine, new_tokens, cache_implementation="static", compile_config=compile_cfg)),
+        "continuous": continuous(engine, sampling(engine, new_tokens)),
+    }
+
+
+def measure(run: Run, requests: list[BackstoryRequest], new_tokens: int, repeats: int) -> dict:
+    timings = []
+    for _ in range(repeats + 1):  # the first is the warm-up
+        start = time.perf_counter()
+        run(requests)
+        timings.append(time.perf_counter() - start)
+    warmup, seconds = timings[0], statistics.median(timings[1:])
+    return {"batch": len(requests), "seconds": round(seconds, 3), "warmup_s": round(warmup, 2),
+            "tokens_per_s": round(len(requests) * new_tokens / seconds, 1),
+            "ms_per_step": round(1000 * seconds / new_tokens, 2)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.levers", description=__doc__.splitlines()[0])
+    p.add_argument("--model", default=str(ROOT / "models" / "backstory"))
+    p.add_argument("--batches", default="1,8,32")
+    p.add_argument("--new-tokens", type=int, default=200)
+    p.add_argument("--levers", help="comma-separated subset (default: all)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's choice)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = p.parse_args(argv)
+    machine = describe()
+    engine = Engine(Settings(model=args.model, threads=args.threads))
+    prompts = [BackstoryRequest(name=p.name, description=p.description, seed=i,
+                                min_new_tokens=args.new_tokens, max_new_tokens=args.new_tokens)
+               for i, p in enumerate(load_prompts())]
+    chosen = levers(engine, args.new_tokens)
+    if args.levers:
+        chosen = {k: v for k, v in chosen.items() if k in args.levers.split(",")}
+    results = []
+    for name, run in chosen.items():
+        for batch in (int(b) for b in args.batches.split(",")):
+            try:
+                timing = measure(run, prompts[:batch], args.new_tokens, args.repeats)
+                row = {"lever": name, **timing}
+            except Exception as e:  # a lever this torch/transformers/CPU cannot run is a result too
+                row = {"lever": name, "batch": batch, "error": f"{type(e).__name__}: {e}"[:300]}
+            print(json.dumps(row), flush=True)
+            results.append(row)
+    raw = ROOT / "bench" / "results" / "levers.json" if args.out == DEFAULT_OUT else (
+        args.out.with_suffix(".json"))  # a test's or a trial's numbers stay beside its report
+    raw.parent.mkdir(parents=True, exist_ok=True)
+    raw.write_text(json.dumps({"machine": machine, "model": args.model,
+                               "new_tokens": args.new_tokens, "results": results}, indent=1))
+    command = shlex.join(["python", "-m", "bench.levers", *sys.argv[1:]])
+    args.out.write_text("\n".join(report(results, machine, command, args.new_tokens)) + "\n")
+    return 0
+
+
+def report(results: list[dict], machine: dict, command: str, new_tokens: int) -> list[str]:
+    engine = {r["batch"]: r["ms_per_step"] for r in results if r["lever"] == "engine"}
+    lines = ["# Generation levers, one at a time", "",
+             f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", "", "Command:", "",
+             f"    {command}", "", "## Machine", "", *markdown(machine), "", "## Levers", "",
+             *[f"- **{k}**: {v}" for k, v in DESCRIPTIONS.items()], "",
+             f"## Results ({new_tokens} new tokens per row, median of timed runs)", "",
+             "| Lever | Batch | ms/step | Tokens/s | vs engine | Warm-up run |",
+             "|---|---|---|---|---|---|"]
+    for r in results:
+        if "error" in r:
+            lines.append(f"| {r['lever']} | {r['batch']} | failed: {r['error']} | | | |")
+            continue
+        base = engine.get(r["batch"])
+        vs = f"{base / r['ms_per_step']:.2f}x" if base else "-"
+        lines.append(f"| {r['lever']} | {r['batch']} | {r['ms_per_step']:.1f} | "
+                     f"{r['tokens_per_s']:,.0f} | {vs} | {r['warmup_s']:.1f} s |")
+    return lines
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
