@@ -77,6 +77,7 @@ class Backstory:
         engine = self._ready_engine()
         return {
             "model": engine.name, "device": str(engine.device), "parameters": engine.parameters,
+            "dtype": str(engine.model.dtype).removeprefix("torch."),
             "context": engine.context, "max_batch_size": settings.max_batch_size,
             "max_latency_ms": settings.max_latency_ms, "batch_wait_ms": settings.batch_wait_ms,
             "max_concurrency": settings.max_concurrency, "in_flight": engine.in_flight,

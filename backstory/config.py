@@ -6,6 +6,7 @@ configuration table lists them; keep the two in step.
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -20,6 +21,8 @@ class Settings(BaseSettings):
     # Model service
     model: str = Field(DEFAULT_MODEL, description="Model folder, BentoML model tag or Hub id.")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Weights and compute; auto = bfloat16 on CUDA, float32 on CPU.")
     threads: int = Field(0, ge=0, description="torch CPU threads; 0 = all cores.")
     max_batch_size: int = Field(32, ge=1, le=256, description="Adaptive batching: rows per batch.")
     max_latency_ms: int = Field(60_000, ge=10, description="Adaptive batching: latency budget.")

@@ -10,6 +10,7 @@ the raw numbers to bench/results/levers.json).
 """
 
 import argparse
+import functools
 import json
 import shlex
 import statistics
@@ -78,10 +79,16 @@ def threads(run: Run, n: int) -> Run:
     return limited
 
 
+@functools.cache
+def bf16(engine: Engine) -> Engine:
+    return Engine(engine.settings.model_copy(update={"dtype": "bfloat16"}))
+
+
 DESCRIPTIONS = {
     "engine": "what we serve: Engine.generate (per-row sampler and seeds, inference_mode, "
               "dynamic KV cache, all cores)",
     "engine_1thread": "the same on one torch thread",
+    "engine_bf16": "the same with bfloat16 weights (BACKSTORY_DTYPE=bfloat16)",
     "generate": "plain transformers generate() with its own sampling processors",
     "no_grad": "the same under torch.no_grad instead of inference_mode",
     "static": "the same with a static KV cache",
@@ -96,6 +103,7 @@ def levers(engine: Engine, new_tokens: int) -> dict[str, Run]:
     return {
         "engine": lambda reqs: engine.generate(reqs),
         "engine_1thread": threads(lambda reqs: engine.generate(reqs), 1),
+        "engine_bf16": lambda reqs: bf16(engine).generate(reqs),
         "generate": hf_generate(engine, sampling(engine, new_tokens)),
         "no_grad": hf_generate(engine, sampling(engine, new_tokens), torch.no_grad),
         "static": hf_generate(engine, sampling(engine, new_tokens, cache_implementation="static")),

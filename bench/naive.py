@@ -31,7 +31,7 @@ class NaiveGenerator:
     def __init__(self, model_dir: str, settings: Settings | None = None):
         self.settings = settings or Settings(model=model_dir)
         self.device = pick_device("auto")
-        self.tokenizer, self.model = load_model(model_dir, self.device)
+        self.tokenizer, self.model = load_model(model_dir, self.device, self.settings.dtype)
         self.name = Path(model_dir).name
         self.context = context_length(self.model)
 

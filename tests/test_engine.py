@@ -1,6 +1,7 @@
 """The engine on a tiny random GPT-2: per-row settings inside one batch, streaming, cancelling."""
 
 import pytest
+import torch
 
 from backstory.config import Settings
 from backstory.engine import Engine
@@ -72,3 +73,12 @@ def test_story_never_glues_onto_the_name(engine):
                           min_new_tokens=3, max_new_tokens=3)
         engine.generate([request], emit=lambda _, text, p=pieces: p.append(text))
         assert pieces[0] == "Bram" and not pieces[1][:1].isalnum(), pieces
+
+
+def test_dtype_setting_picks_the_weights_precision(tiny_model, engine):
+    assert engine.model.dtype == torch.float32  # auto on CPU: exact seeded stories
+    fast = Engine(Settings(model=str(tiny_model), threads=1, dtype="bfloat16"))
+    assert fast.model.dtype == torch.bfloat16
+    (story,) = fast.generate([Request(name="Ysolde", description="A witch.", seed=3,
+                                      min_new_tokens=5, max_new_tokens=5)])
+    assert story.tokens == 5 and story.backstory.startswith("Ysolde")

@@ -46,6 +46,7 @@ def test_stream_sends_tokens_then_done(server):
 def test_status_pages_and_docs(server):
     status = httpx.get(f"{server}/status", timeout=30).json()
     assert status["status"] == "ok" and status["device"] == "cpu" and status["parameters"] > 0
+    assert status["dtype"] == "float32"  # exact seeded stories on CPU; bfloat16 is opt-in
     assert "max_batch_size" in status and status["time"]
     assert "<form" in httpx.get(server, timeout=30).text
     assert httpx.get(f"{server}/docs", timeout=30).status_code == 200
