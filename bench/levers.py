@@ -92,8 +92,10 @@ DESCRIPTIONS = {
     "generate": "plain transformers generate() with its own sampling processors",
     "no_grad": "the same under torch.no_grad instead of inference_mode",
     "static": "the same with a static KV cache",
-    "static+compile": "static cache and torch.compile (inductor, fixed shapes)",
-    "continuous": "transformers continuous batching (generate_batch, paged cache)",
+    "static+compile": "static cache and torch.compile (inductor, fixed shapes; the warm-up "
+                      "run compiles, 10-20 s per new shape without inductor's disk cache)",
+    "continuous": "transformers continuous batching (generate_batch, paged cache; each call "
+                  "starts its own manager, and it drops the repetition penalty)",
 }
 
 
@@ -156,28 +158,30 @@ def main(argv: list[str] | None = None) -> int:
     raw = ROOT / "bench" / "results" / "levers.json" if args.out == DEFAULT_OUT else (
         args.out.with_suffix(".json"))  # a test's or a trial's numbers stay beside its report
     raw.parent.mkdir(parents=True, exist_ok=True)
-    raw.write_text(json.dumps({"machine": machine, "model": args.model,
-                               "new_tokens": args.new_tokens, "results": results}, indent=1))
-    command = shlex.join(["python", "-m", "bench.levers", *sys.argv[1:]])
-    args.out.write_text("\n".join(report(results, machine, command, args.new_tokens)) + "\n")
+    run = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine,
+           "command": shlex.join(["python", "-m", "bench.levers", *sys.argv[1:]]),
+           "model": args.model, "new_tokens": args.new_tokens, "results": results}
+    raw.write_text(json.dumps(run, indent=1))
+    args.out.write_text("\n".join(report(run)) + "\n")
     return 0
 
 
-def report(results: list[dict], machine: dict, command: str, new_tokens: int) -> list[str]:
-    engine = {r["batch"]: r["ms_per_step"] for r in results if r["lever"] == "engine"}
-    lines = ["# Generation levers, one at a time", "",
-             f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", "", "Command:", "",
-             f"    {command}", "", "## Machine", "", *markdown(machine), "", "## Levers", "",
-             *[f"- **{k}**: {v}" for k, v in DESCRIPTIONS.items()], "",
-             f"## Results ({new_tokens} new tokens per row, median of timed runs)", "",
-             "| Lever | Batch | ms/step | Tokens/s | vs engine | Warm-up run |",
+def report(run: dict) -> list[str]:
+    """Each lever against its base: engine_* against the engine, the rest against generate."""
+    ms = {(r["lever"], r["batch"]): r.get("ms_per_step") for r in run["results"]}
+    lines = ["# Generation levers, one at a time", "", f"Date: {run['date']}", "", "Command:", "",
+             f"    {run['command']}", "", "## Machine", "", *markdown(run["machine"]), "",
+             "## Levers", "", *[f"- **{k}**: {v}" for k, v in DESCRIPTIONS.items()], "",
+             f"## Results ({run['new_tokens']} new tokens per row, median of timed runs)", "",
+             "| Lever | Batch | ms/step | Tokens/s | Speed vs its base | Warm-up run |",
              "|---|---|---|---|---|---|"]
-    for r in results:
+    for r in run["results"]:
         if "error" in r:
             lines.append(f"| {r['lever']} | {r['batch']} | failed: {r['error']} | | | |")
             continue
-        base = engine.get(r["batch"])
-        vs = f"{base / r['ms_per_step']:.2f}x" if base else "-"
+        base = "engine" if r["lever"].startswith("engine") else "generate"
+        base_ms = ms.get((base, r["batch"])) if r["lever"] not in ("engine", "generate") else None
+        vs = f"{base_ms / r['ms_per_step']:.2f}x {base}" if base_ms else "-"
         lines.append(f"| {r['lever']} | {r['batch']} | {r['ms_per_step']:.1f} | "
                      f"{r['tokens_per_s']:,.0f} | {vs} | {r['warmup_s']:.1f} s |")
     return lines

@@ -172,18 +172,22 @@ def targets(r: dict) -> list[str]:
                   f"{soak_failed} in the soak (see the error lines above)")]
 
 
-def levers() -> list[str]:
+def levers(report_dir: Path) -> list[str]:
     """The settings and techniques behind these numbers are measured apart, one at a time."""
+    here = Path(__file__).resolve().parent
+    pages = [here / "levers.md", *sorted(here.glob("sweep-*.md"))]
+    links = [f"[{p.name}]({os.path.relpath(p, report_dir)})" for p in pages if p.exists()]
     return ["", "## What makes it fast", "",
-            "Each lever measured on its own, in process (`python -m bench.levers`): "
-            "[bench/levers.md](bench/levers.md). Batch-size sweep of the served stack "
-            "(`python -m bench.sweep`): [bench/sweep-max_batch_size.md]"
-            "(bench/sweep-max_batch_size.md). What we kept and why: README, Performance."]
+            "Each generation lever alone, in process (`python -m bench.levers`), and serving "
+            "settings swept on the real stack (`python -m bench.sweep`): " + ", ".join(links)
+            + ". What we kept and why: README, Performance."]
 
 
 def write_report(results: dict, path: Path) -> None:
     results = {**results, "plot": os.path.relpath(results["plot_path"], path.parent)}
     lines = [*header(results), *setup(results), *table(results), *ceiling(results),
-             *memory(results), *targets(results), *([] if results["quick"] else levers())]
+             *memory(results), *targets(results)]
+    if not results["quick"]:
+        lines += levers(path.parent)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")

@@ -78,18 +78,20 @@ def test_levers_are_each_measured_and_reported(tiny_model, tmp_path):
         for b in (1, 2)]
     assert all("error" not in r and r["tokens_per_s"] > 0 for r in rows), rows
     report = out.read_text()
-    assert "## Machine" in report and "| engine | 2 |" in report and "| 1.00x |" in report
+    assert "## Machine" in report and "| engine | 2 |" in report and "x engine |" in report
+    assert "x generate |" in report  # static against plain generate()
 
 
 @pytest.mark.slow
 def test_sweep_serves_each_value_and_reports(tiny_model, tmp_path):
     out = tmp_path / "sweep.md"
     run_bench("bench.sweep", "--model", str(tiny_model), "--setting", "max_batch_size",
-              "--values", "2", "--clients", "2", "--repeats", "1", "--new-tokens", "4",
+              "--values", "2", "--clients", "1,2", "--repeats", "1", "--new-tokens", "4",
               "--out", str(out), timeout=240)
-    (row,) = json.loads(out.with_suffix(".json").read_text())["rows"]
-    assert row["value"] == "2" and row["errors"] == 0 and row["tokens_per_s"] > 0
-    assert "| 2 |" in out.read_text()
+    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert [(r["value"], r["clients"]) for r in rows] == [("2", 1), ("2", 2)]
+    assert all(r["errors"] == 0 and r["tokens_per_s"] > 0 for r in rows), rows
+    assert "| 2 | 1 |" in out.read_text() and "| 2 | 2 |" in out.read_text()
 
 
 @pytest.mark.slow
