@@ -10,11 +10,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import FastAPI, Query, Request
+from fastapi import Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from fastapi_offline import FastAPIOffline
 
 import backstory
 from backstory.config import get_settings
@@ -22,12 +23,15 @@ from backstory.schemas import BackstoryRequest, BackstoryResponse, ErrorResponse
 from gateway.client import ModelError
 from gateway.deps import Body, Client, SettingsDep
 from gateway.errors import install_error_handlers
-from gateway.middleware import install_middleware
+from gateway.middleware import DOCS_ASSETS, install_middleware
 
 UI = Path(__file__).resolve().parent.parent / "ui"
 
-app = FastAPI(title="Backstory Generator", version=backstory.__version__,
-              description="Lore-rich character backstories from a name and a description.")
+# /docs and /redoc from assets shipped in fastapi-offline: FastAPI's own pages load Swagger UI
+# and ReDoc from a CDN, which an offline machine (or a strict CSP) cannot reach.
+app = FastAPIOffline(title="Backstory Generator", version=backstory.__version__,
+                     description="Lore-rich character backstories from a name and a description.",
+                     static_url=DOCS_ASSETS)
 app.mount("/static", StaticFiles(directory=UI / "static"), name="static")
 templates = Jinja2Templates(directory=UI / "templates")
 install_error_handlers(app)

@@ -16,11 +16,11 @@ log = logging.getLogger("backstory.access")
 PROTECTED = ("/api/", "/generate")
 CSP = (b"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
        b"connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
-# FastAPI's /docs and /redoc pages load Swagger UI / ReDoc from a CDN with an inline script.
-DOCS_CSP = (b"default-src 'self'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
-            b"style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net "
-            b"https://fonts.googleapis.com; img-src 'self' data: https://fastapi.tiangolo.com; "
-            b"font-src https://fonts.gstatic.com; worker-src blob:; frame-ancestors 'none'")
+# /docs and /redoc start Swagger UI / ReDoc (served from DOCS_ASSETS) with an inline script.
+DOCS_ASSETS = "/docs-assets"
+DOCS_CSP = (b"default-src 'self'; script-src 'self' 'unsafe-inline'; "
+            b"style-src 'self' 'unsafe-inline'; img-src 'self' data:; worker-src blob:; "
+            b"frame-ancestors 'none'; base-uri 'none'")
 SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"no-referrer"),

@@ -208,3 +208,20 @@ def test_api_key_is_asked_for_after_a_401(browser, keyed_server):
         assert p.page.evaluate("sessionStorage.getItem('backstory-api-key')") == API_KEY
     finally:
         p.context.close()
+
+
+def test_api_docs_render_offline(browser, server):
+    """Swagger UI comes from our own server: the test browser has no route to any CDN."""
+    context = browser.new_context()
+    context.set_default_timeout(TIMEOUT_MS)
+    try:
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(server + "/docs")
+        page.wait_for_selector(".swagger-ui .information-container .title")
+        assert "Backstory Generator" in page.text_content(".swagger-ui .title")
+        page.wait_for_selector(".opblock-summary-path[data-path=\"/api/generate\"]")
+        assert errors == []
+    finally:
+        context.close()

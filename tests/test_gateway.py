@@ -156,7 +156,13 @@ def test_security_headers_and_request_id(client):
         "/status", headers={"origin": "http://evil.example"}).headers
 
 
-def test_openapi_docs_stay(client):
+def test_openapi_docs_stay_and_need_no_cdn(client):
     spec = client.get("/openapi.json").json()
     assert {"/api/generate", "/generate", "/api/stream", "/status"} <= set(spec["paths"])
-    assert client.get("/docs").status_code == 200
+    for page, asset in (("/docs", "swagger-ui-bundle.js"), ("/redoc", "redoc.standalone.js")):
+        r = client.get(page)
+        assert r.status_code == 200 and f"/docs-assets/{asset}" in r.text
+        assert "https://" not in r.headers["content-security-policy"]
+        assert "unsafe-inline" not in client.get("/").headers["content-security-policy"]
+        js = client.get(f"/docs-assets/{asset}")
+        assert js.status_code == 200 and len(js.content) > 100_000
