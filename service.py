@@ -26,7 +26,9 @@ settings = get_settings()
 @bentoml.service(
     name="backstory-model",
     traffic={"timeout": settings.timeout_s, "max_concurrency": settings.max_concurrency},
-    resources={"cpu": "2", "memory": "2Gi"},
+    # What a scheduler (BentoCloud, Kubernetes) reserves; the CUDA Bento is built with
+    # BACKSTORY_GPUS=1 so the model service lands on a GPU node (see bentofile.cuda.yaml).
+    resources={"cpu": "2", "memory": "2Gi", **({"gpu": settings.gpus} if settings.gpus else {})},
     workers=1,
 )
 class Backstory:

@@ -24,6 +24,7 @@ class Settings(BaseSettings):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="Weights and compute; auto = bfloat16 on CUDA, float32 on CPU.")
     threads: int = Field(0, ge=0, description="torch CPU threads; 0 = all cores.")
+    gpus: int = Field(0, ge=0, le=8, description="GPUs the model service asks its scheduler for.")
     max_batch_size: int = Field(32, ge=1, le=256, description="Adaptive batching: rows per batch.")
     max_latency_ms: int = Field(60_000, ge=10, description="Adaptive batching: latency budget.")
     batch_wait_ms: int = Field(10, ge=0, description="Stream batcher: wait for more rows.")

@@ -16,8 +16,8 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def bentoml(home: Path, *args: str) -> str:
-    env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true"}
+def bentoml(home: Path, *args: str, env: dict[str, str] | None = None) -> str:
+    env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true", **(env or {})}
     out = subprocess.run([sys.executable, "-m", "bentoml", *args], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -55,6 +55,25 @@ def test_container_recipe(built):
     assert "requirements.txt" in dockerfile and "bentoml" in dockerfile.lower()
     requirements = (bento / "env" / "python" / "requirements.txt").read_text()
     assert "torch==2.13.0" in requirements and "bentoml==1.4.40" in requirements
+
+
+def test_cuda_recipe_asks_for_a_gpu(tmp_path):
+    home = tmp_path / "bentoml-home"
+    tag = bentoml(home, "build", "-f", "bentofile.cuda.yaml", "-o", "tag",
+                  env={"BACKSTORY_GPUS": "1"}).strip().split("__tag__:")[-1]
+    bento = home / "bentos" / tag.replace(":", "/")
+    meta = yaml.safe_load((bento / "bento.yaml").read_text())
+    services = {s["name"]: s for s in meta["services"]}
+    assert services["backstory-model"]["config"]["resources"]["gpu"] == 1
+    assert "gpu" not in services["backstory-gateway"]["config"].get("resources", {})
+    assert {"name": "BACKSTORY_GPUS", "value": "1", "stage": "all"} in meta["envs"]
+    assert "cuda" in (bento / "env" / "docker" / "Dockerfile").read_text().lower()
+
+
+def test_cpu_recipe_asks_for_no_gpu(built):
+    _, _, bento = built
+    meta = yaml.safe_load((bento / "bento.yaml").read_text())
+    assert all("gpu" not in s["config"].get("resources", {}) for s in meta["services"])
 
 
 def test_exported_bento_imports_and_serves(built, tmp_path):
