@@ -107,6 +107,9 @@ class Engine:
         ids = [i for i in range(len(self.tokenizer)) if glues(self.tokenizer.decode([i]))]
         return torch.tensor(ids, dtype=torch.long, device=self.device)
 
+    def first_banned(self) -> torch.Tensor | None:
+        return self.word_pieces if self.settings.opener else None
+
     def opener(self, request: BackstoryRequest) -> str:
         """The part of the prompt that is already the story (see text.build_prompt)."""
         return opening(request.name, request.description, self.settings.opener,
@@ -144,8 +147,7 @@ class Engine:
             do_sample=False, max_new_tokens=max(r.max_new_tokens for r in rows),
             eos_token_id=eos, pad_token_id=self.tokenizer.pad_token_id, use_cache=True,
             no_repeat_ngram_size=self.settings.no_repeat_ngram_size or None)
-        sampler = RowSampler(rows, prompt_len, eos, self.device,
-                             self.word_pieces if self.settings.opener else None)
+        sampler = RowSampler(rows, eos, self.device, self.first_banned(), prompt_len)
         openers = [self.opener(r) for r in requests]
         streamer = None
         if emit:
@@ -175,36 +177,44 @@ class Engine:
                           tokens=len(ids), seed=row.seed, model=self.name)
 
 
+class TextStream:
+    """One row's tokens as text deltas: waits out half characters, ends the row (sets its
+    cancel event) at its end-of-text or where the model starts a new header."""
+
+    def __init__(self, tokenizer, row: RowSettings, opener: str, emit: Callable[[str], None]):
+        self.tokenizer, self.row, self.opener, self.emit = tokenizer, row, opener, emit
+        self.ids: list[int] = []
+        self.sent = len(opener)
+        if opener:
+            emit(opener)
+
+    def push(self, token: int) -> None:
+        if self.row.cancelled.is_set() or token == self.tokenizer.eos_token_id:
+            self.row.cancelled.set()  # the row is done either way: nothing more to send
+            return
+        self.ids.append(token)
+        text = self.opener + self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        if text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
+            return
+        stop = find_stop(text)
+        if stop is not None:
+            text = text[:stop]
+            self.row.cancelled.set()
+        if len(text) > self.sent:
+            self.emit(text[self.sent:])
+            self.sent = len(text)
+
+
 class _Detokenizer:
-    """Turns each step's tokens into per-row text deltas; ends a row that starts a new header."""
+    """Each step's tokens of a generate() batch to their rows' TextStreams."""
 
     def __init__(self, tokenizer, rows: list[RowSettings], openers: list[str], emit: Emit):
-        self.tokenizer, self.rows, self.openers, self.emit = tokenizer, rows, openers, emit
-        self.ids: list[list[int]] = [[] for _ in rows]
-        self.sent = [0] * len(rows)
-        for i, opener in enumerate(openers):
-            if opener:
-                emit(i, opener)
+        self.streams = [TextStream(tokenizer, row, opener, lambda text, i=i: emit(i, text))
+                        for i, (row, opener) in enumerate(zip(rows, openers))]
 
     def __call__(self, step_tokens: list[int]) -> None:
-        eos = self.tokenizer.eos_token_id
-        for i, token in enumerate(step_tokens):
-            row = self.rows[i]
-            if row.cancelled.is_set() or token == eos:
-                row.cancelled.set()  # the row is done either way: nothing more to send
-                continue
-            self.ids[i].append(token)
-            text = self.openers[i] + self.tokenizer.decode(self.ids[i], skip_special_tokens=True)
-            if text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
-                continue
-            stop = find_stop(text)
-            if stop is not None:
-                text = text[:stop]
-                row.cancelled.set()
-            start = max(self.sent[i], len(self.openers[i]))
-            if len(text) > start:
-                self.emit(i, text[start:])
-                self.sent[i] = len(text)
+        for stream, token in zip(self.streams, step_tokens):
+            stream.push(token)
 
 
 class _StepStreamer:

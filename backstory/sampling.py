@@ -27,11 +27,20 @@ class RowSettings:
     max_new_tokens: int
     # Set when the client has gone: the row ends at the next step and frees its slot.
     cancelled: threading.Event = field(default_factory=threading.Event)
+    generator: torch.Generator | None = None  # the row's own random stream, from `seed`
+
+    def rng(self, device) -> torch.Generator:
+        if self.generator is None:
+            self.generator = torch.Generator(device=device).manual_seed(self.seed)
+        return self.generator
 
 
 class RowSampler(LogitsProcessor):
-    def __init__(self, rows: list[RowSettings], prompt_len: int, eos_id: int, device,
-                 first_banned: torch.Tensor | None = None):
+    """As a LogitsProcessor, for generate(): every row at the same step (prompt_len is the padded
+    prompt). `sample()` alone serves a loop whose rows are at different steps."""
+
+    def __init__(self, rows: list[RowSettings], eos_id: int, device,
+                 first_banned: torch.Tensor | None = None, prompt_len: int = 0):
         """`first_banned`: token ids the first new token may not be (see Engine.word_pieces)."""
         self.first_banned = first_banned
         def col(name, dtype=torch.float32):
@@ -44,16 +53,24 @@ class RowSampler(LogitsProcessor):
         self.min_new = [r.min_new_tokens for r in rows]
         self.max_new = [r.max_new_tokens for r in rows]
         self.cancelled = [r.cancelled for r in rows]
-        self.generators = [torch.Generator(device=device).manual_seed(r.seed) for r in rows]
+        self.generators = [r.rng(device) for r in rows]
         self.prompt_len, self.eos_id = prompt_len, eos_id
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        step = input_ids.shape[1] - self.prompt_len
+        steps = [input_ids.shape[1] - self.prompt_len] * input_ids.shape[0]
+        chosen = self.sample(input_ids, scores, steps)
+        out = torch.full_like(scores, NEG_INF, dtype=torch.float32)
+        out.scatter_(1, chosen[:, None], 0.0)
+        return out
+
+    def sample(self, input_ids: torch.LongTensor, scores: torch.FloatTensor,
+               steps: list[int]) -> torch.LongTensor:
+        """Each row's next token; `steps[i]`: how many tokens row i has generated so far."""
         scores = self._penalise(input_ids, scores.float()) / self.temperature
-        if step == 0 and self.first_banned is not None:
-            scores[:, self.first_banned] = NEG_INF
-        for i, lo in enumerate(self.min_new):
-            if step < lo:
+        for i, step in enumerate(steps):
+            if step == 0 and self.first_banned is not None:
+                scores[i, self.first_banned] = NEG_INF
+            if step < self.min_new[i]:
                 scores[i, self.eos_id] = NEG_INF
         probs, order = self._truncate(scores)
         # Inverse-CDF sampling, one uniform draw per row from the row's own generator: unlike
@@ -62,13 +79,11 @@ class RowSampler(LogitsProcessor):
         cdf = probs.cumsum(dim=1)
         pick = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None]).clamp(max=probs.shape[1] - 1)
         chosen = order.gather(1, pick).squeeze(1)
-        for i in range(len(chosen)):
+        for i, step in enumerate(steps):
             # A row ends at its own max_new_tokens even when the batch runs longer.
             if step >= self.max_new[i] or self.cancelled[i].is_set():
                 chosen[i] = self.eos_id
-        out = torch.full_like(scores, NEG_INF)
-        out.scatter_(1, chosen[:, None], 0.0)
-        return out
+        return chosen
 
     def _penalise(self, input_ids, scores):
         seen = torch.gather(scores, 1, input_ids)
