@@ -37,7 +37,7 @@ class Settings(BaseSettings):
     temperature: float = Field(0.8, gt=0, le=2, description="Default sampling temperature.")
     top_p: float = Field(0.95, gt=0, le=1, description="Default nucleus sampling mass.")
     top_k: int = Field(50, ge=0, description="Default top-k (0 = off).")
-    repetition_penalty: float = Field(1.2, ge=1, le=2, description="Default repetition penalty.")
+    repetition_penalty: float = Field(1.44, ge=1, le=2, description="Default repetition penalty.")
     no_repeat_ngram_size: int = Field(0, ge=0, le=10, description="Ban repeated n-grams (0 = off).")
     opener: bool = Field(True, description="Start each story with the character's name.")
     restate: bool = Field(True, description="Open with the description as a sentence.")

@@ -72,6 +72,12 @@ def load_model(path: str, device: torch.device, dtype: str = "auto"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+    # The folder's generation_config.json (sampling defaults for users of model.generate) would
+    # be merged into every generate() call: its repetition penalty applied on top of the one
+    # our sampler applies per row. The settings are the one source of sampling defaults.
+    model.generation_config = GenerationConfig(
+        bos_token_id=model.config.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id)
     return tokenizer, model
 
 
@@ -152,24 +158,24 @@ class Engine:
         streamer = None
         if emit:
             streamer = _StepStreamer(_Detokenizer(self.tokenizer, rows, openers, emit))
-        self._count(in_flight=len(rows))
+        self.count(in_flight=len(rows))
         try:
             with self.lock:
                 out = self.model.generate(**enc, generation_config=config,
                                           logits_processor=[sampler], streamer=streamer)
         finally:
-            self._count(in_flight=-len(rows))
-        results = [self._result(opener, row, ids) for opener, row, ids in
+            self.count(in_flight=-len(rows))
+        results = [self.result(opener, row, ids) for opener, row, ids in
                    zip(openers, rows, out[:, prompt_len:].tolist())]
-        self._count(tokens=sum(g.tokens for g in results))
+        self.count(tokens=sum(g.tokens for g in results))
         return results
 
-    def _count(self, in_flight: int = 0, tokens: int = 0) -> None:
+    def count(self, in_flight: int = 0, tokens: int = 0) -> None:
         with self._counting:
             self.in_flight += in_flight
             self.generated_tokens += tokens
 
-    def _result(self, opener: str, row: RowSettings, ids: list[int]) -> Generation:
+    def result(self, opener: str, row: RowSettings, ids: list[int]) -> Generation:
         eos = self.tokenizer.eos_token_id
         ids = ids[: ids.index(eos)] if eos in ids else ids
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
