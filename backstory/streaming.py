@@ -43,6 +43,7 @@ class Batch:
     mask: torch.Tensor  # 1 where `history` holds a real token
     cache: DynamicCache
     logits: torch.Tensor  # each row's next-token logits
+    sampler: RowSampler | None = None  # built once per set of rows, not every step
 
 
 class StreamBatcher:
@@ -93,9 +94,12 @@ class StreamBatcher:
                     self._finish(row, error=e)
         if batch is None:
             return None
-        sampler = RowSampler([r.settings for r in batch.rows], engine.tokenizer.eos_token_id,
-                             engine.device, engine.first_banned())
-        chosen = sampler.sample(batch.history, batch.logits, [len(r.tokens) for r in batch.rows])
+        if batch.sampler is None:
+            batch.sampler = RowSampler([r.settings for r in batch.rows],
+                                       engine.tokenizer.eos_token_id, engine.device,
+                                       engine.first_banned())
+        steps = [len(r.tokens) for r in batch.rows]
+        chosen = batch.sampler.sample(batch.history, batch.logits, steps)
         keep = []
         for i, (row, token) in enumerate(zip(batch.rows, chosen.tolist())):
             row.text.push(token)  # sets the row's cancel event at its end
@@ -106,8 +110,9 @@ class StreamBatcher:
                 keep.append(i)
         if not keep:
             return None
-        batch = select(batch, keep)
-        return self._forward(batch, chosen[keep])
+        if len(keep) < len(batch.rows):  # copying the cache costs: only when a row has left
+            batch, chosen = select(batch, keep), chosen[keep]
+        return self._forward(batch, chosen)
 
     def _admit(self, running: int) -> list[Row]:
         """Waiting rows, up to a full batch. An idle loop blocks for the first, then waits
@@ -161,7 +166,7 @@ class StreamBatcher:
                                     position_ids=mask.sum(1, keepdim=True) - 1,
                                     cache=batch.cache, use_cache=True)
         return Batch(batch.rows, torch.cat([batch.history, tokens], dim=1), mask, out.cache,
-                     out.logits[:, -1].float())
+                     out.logits[:, -1].float(), batch.sampler)
 
     def _finish(self, row: Row, error: Exception | None = None) -> None:
         self.engine.count(in_flight=-1, tokens=len(row.tokens))
