@@ -32,7 +32,7 @@ settings = get_settings()
     workers=1,
 )
 class Backstory:
-    """The model: adaptive batches for whole backstories, a micro-batcher for streams."""
+    """The model: adaptive batches for whole backstories, continuous batching for streams."""
 
     def __init__(self) -> None:
         self.engine = None

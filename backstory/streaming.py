@@ -47,6 +47,8 @@ class Batch:
 
 
 class StreamBatcher:
+    """The decoding loop behind the stream API: one thread, one running batch."""
+
     def __init__(self, engine: Engine, max_batch: int, wait_ms: int):
         self.engine, self.max_batch, self.wait_s = engine, max_batch, wait_ms / 1000
         self.waiting: queue.Queue[Row] = queue.Queue()
