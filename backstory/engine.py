@@ -132,6 +132,20 @@ class Engine:
             min_new_tokens=r.min_new_tokens, max_new_tokens=max_new,
         )
 
+    def encode(self, requests: list[BackstoryRequest], rows: list[RowSettings]
+               ) -> dict[str, torch.Tensor]:
+        """The requests' prompts as one left-padded batch (input_ids, attention_mask) on the
+        device, cut to the model's context; each row's lengths are cut to what context is left."""
+        s = self.settings
+        prompts = [build_prompt(r.name, r.description, s.opener, s.restate) for r in requests]
+        enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = {k: v[:, -self.context + 1:].to(self.device) for k, v in enc.items()}
+        budget = max(1, self.context - enc["input_ids"].shape[1])
+        for row in rows:  # never run past the model's context
+            row.max_new_tokens = min(row.max_new_tokens, budget)
+            row.min_new_tokens = min(row.min_new_tokens, row.max_new_tokens)
+        return enc
+
     @torch.inference_mode()
     def generate(self, requests: list[BackstoryRequest], emit: Emit | None = None,
                  rows: list[RowSettings] | None = None) -> list[Generation]:
@@ -139,15 +153,8 @@ class Engine:
         With `emit`, each row's text is also streamed as it grows; `rows` lets the caller keep
         the rows' cancel events."""
         rows = rows or [self.row_settings(r) for r in requests]
-        s = self.settings
-        prompts = [build_prompt(r.name, r.description, s.opener, s.restate) for r in requests]
-        enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-        enc = {k: v[:, -self.context + 1:].to(self.device) for k, v in enc.items()}
+        enc = self.encode(requests, rows)
         prompt_len = enc["input_ids"].shape[1]
-        budget = max(1, self.context - prompt_len)
-        for row in rows:  # never run past the model's context
-            row.max_new_tokens = min(row.max_new_tokens, budget)
-            row.min_new_tokens = min(row.min_new_tokens, row.max_new_tokens)
         eos = self.tokenizer.eos_token_id
         config = GenerationConfig(
             do_sample=False, max_new_tokens=max(r.max_new_tokens for r in rows),
