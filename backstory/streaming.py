@@ -23,7 +23,6 @@ from transformers import DynamicCache
 from backstory.engine import Engine, TextStream
 from backstory.sampling import RowSampler, RowSettings
 from backstory.schemas import BackstoryRequest
-from backstory.text import build_prompt
 
 
 @dataclass
@@ -33,6 +32,7 @@ class Row:
     send: Any  # (kind, value) -> None, thread-safe
     text: TextStream | None = None
     tokens: list[int] = field(default_factory=list)
+    done: bool = False  # its result or error has been sent
 
 
 @dataclass
@@ -77,25 +77,27 @@ class StreamBatcher:
     def _run(self) -> None:
         batch: Batch | None = None
         while True:
+            joining = self._admit(len(batch.rows) if batch else 0)
+            if joining:
+                try:
+                    batch = merge(batch, self._prefill(joining), self.engine.tokenizer.pad_token_id)
+                except Exception as e:  # a prefill that fails fails its own rows only
+                    self._fail(joining, e)
+            if batch is None:
+                continue
             try:
                 batch = self._step(batch)
             except Exception as e:  # report to every row in the batch, keep serving
-                for row in batch.rows if batch else []:
-                    self._finish(row, error=e)
+                self._fail(batch.rows, e)
                 batch = None
 
-    def _step(self, batch: Batch | None) -> Batch | None:
-        """Admit, sample one token for every row, send it, drop finished rows, run the model."""
+    def _fail(self, rows: list[Row], error: Exception) -> None:
+        for row in rows:
+            self._finish(row, error=error)
+
+    def _step(self, batch: Batch) -> Batch | None:
+        """Sample one token for every row, send it, drop finished rows, run the model."""
         engine = self.engine
-        joining = self._admit(len(batch.rows) if batch else 0)
-        if joining:
-            try:
-                batch = merge(batch, self._prefill(joining), engine.tokenizer.pad_token_id)
-            except Exception as e:  # a prefill that fails fails its own rows only
-                for row in joining:
-                    self._finish(row, error=e)
-        if batch is None:
-            return None
         if batch.sampler is None:
             batch.sampler = RowSampler([r.settings for r in batch.rows],
                                        engine.tokenizer.eos_token_id, engine.device,
@@ -139,21 +141,12 @@ class StreamBatcher:
 
     @torch.inference_mode()
     def _prefill(self, rows: list[Row]) -> Batch:
-        engine, s = self.engine, self.engine.settings
+        engine = self.engine
         for row in rows:
             row.text = TextStream(engine.tokenizer, row.settings, engine.opener(row.request),
                                   lambda text, row=row: row.send("text", text))
-        prompts = [build_prompt(r.request.name, r.request.description, s.opener, s.restate)
-                   for r in rows]
-        enc = engine.tokenizer(prompts, return_tensors="pt", padding=True,
-                               add_special_tokens=False)
-        ids, mask = (enc[k][:, -engine.context + 1:].to(engine.device)
-                     for k in ("input_ids", "attention_mask"))
-        budget = max(1, engine.context - ids.shape[1])
-        for row in rows:  # never run past the model's context
-            row.settings.max_new_tokens = min(row.settings.max_new_tokens, budget)
-            row.settings.min_new_tokens = min(row.settings.min_new_tokens,
-                                              row.settings.max_new_tokens)
+        enc = engine.encode([r.request for r in rows], [r.settings for r in rows])
+        ids, mask = enc["input_ids"], enc["attention_mask"]
         with engine.lock:
             out = engine.model(input_ids=ids, attention_mask=mask, position_ids=positions(mask),
                                use_cache=True)
@@ -171,6 +164,11 @@ class StreamBatcher:
                      out.logits[:, -1].float(), batch.sampler)
 
     def _finish(self, row: Row, error: Exception | None = None) -> None:
+        """Send the row its result (or error), once: a step that fails after some of its rows
+        finished fails only the others."""
+        if row.done:
+            return
+        row.done = True
         self.engine.count(in_flight=-1, tokens=len(row.tokens))
         if error is not None:
             row.send("error", error)
