@@ -25,7 +25,6 @@ from transformers import CompileConfig, GenerationConfig
 from backstory.config import Settings
 from backstory.engine import Engine
 from backstory.schemas import BackstoryRequest
-from backstory.text import build_prompt
 from bench.machine import describe, markdown
 from bench.servers import ROOT
 from training.evaluate import load_prompts
@@ -44,9 +43,8 @@ def sampling(engine: Engine, new_tokens: int, **extra) -> GenerationConfig:
 
 
 def encode(engine: Engine, requests: list[BackstoryRequest]) -> dict:
-    s = engine.settings
-    prompts = [build_prompt(r.name, r.description, s.opener, s.restate) for r in requests]
-    return engine.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    """The served prompts, exactly as the engine builds them."""
+    return engine.encode(requests, [engine.row_settings(r) for r in requests])
 
 
 def hf_generate(engine: Engine, config: GenerationConfig, grad: Callable = torch.inference_mode
@@ -60,9 +58,7 @@ def hf_generate(engine: Engine, config: GenerationConfig, grad: Callable = torch
 def continuous(engine: Engine, config: GenerationConfig) -> Run:
     """transformers' continuous batching (paged KV cache, rows join and leave between steps)."""
     def run(requests: list[BackstoryRequest]) -> None:
-        ids = [engine.tokenizer(build_prompt(r.name, r.description, engine.settings.opener,
-                                             engine.settings.restate),
-                                add_special_tokens=False)["input_ids"] for r in requests]
+        ids = [encode(engine, [r])["input_ids"][0].tolist() for r in requests]  # no padding
         with torch.inference_mode():
             engine.model.generate_batch(ids, generation_config=config)
     return run
