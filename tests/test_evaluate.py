@@ -13,8 +13,11 @@ from training import evaluate
 # A few prompts and short stories keep this under a minute on a loaded 2-core CPU.
 QUICK = ["--quick", "--limit", "4", "--set", "max_new_tokens=24", "--batch-size", "4"]
 METRICS = ["name_use", "name_use_beyond_opener", "relevance", "relevance_matched",
-           "relevance_shuffled", "repetition_3gram", "distinct_1", "distinct_2",
-           "complete_sentence", "mean_words", "near_empty"]
+           "relevance_shuffled", "relevance_after_first", "relevance_after_first_matched",
+           "relevance_after_first_shuffled", "preamble", "repetition_3gram", "distinct_1",
+           "distinct_2", "complete_sentence", "mean_words", "near_empty"]
+# None where the gibberish stories have fewer than two sentences, so only their presence is checked.
+COHERENCE = ["coherence", "coherence_consecutive", "coherence_other"]
 
 
 def test_prompts_file():
@@ -52,10 +55,14 @@ def test_quick_run_writes_reports_and_is_reproducible(tiny_model, tmp_path):
     for metric in METRICS:
         assert isinstance(first["backstories"][metric], float), metric
     for metric in ("repetition_3gram", "distinct_1", "distinct_2", "complete_sentence",
-                   "mean_words", "near_empty"):
+                   "mean_words", "near_empty", "preamble"):
         assert first["reference"][metric] is not None, metric
+    for part in ("backstories", "reference"):
+        for metric in ("relevance_after_first", "preamble", *COHERENCE):
+            assert metric in first[part], (part, metric)
+    assert first["backstories"]["preamble"] == 0.0  # the opener starts every story on the name
     report = (tmp_path / "a" / "eval.md").read_text()
-    for metric in METRICS:
+    for metric in METRICS + COHERENCE:
         assert f"| {metric} |" in report
 
 
@@ -71,6 +78,24 @@ def test_compare_writes_one_row_per_variant(tiny_model, tmp_path):
     table = (tmp_path / "compare.md").read_text()
     assert "| opener=true |" in table and "| opener=false,temperature=0.7 |" in table
     assert "| human reference |" in table
+    assert "| variant | " + " | ".join(evaluate.COLUMNS) + " |" in table
+    assert evaluate.compare_markdown(list(results.items())) == table
+
+
+def test_comparison_table_rows_and_reference():
+    def result(name_use, reference_name_use):
+        return {"backstories": {"name_use": name_use, "coherence": None},
+                "reference": {"name_use": reference_name_use}}
+
+    table = evaluate.comparison_table([("zero-shot base", result(0.5, 0.9)),
+                                       ("fine-tuned", result(1.0, 0.8))])
+    lines = table.splitlines()
+    assert lines[0] == "| run | " + " | ".join(evaluate.COLUMNS) + " |"
+    assert lines[1] == "|---" * (len(evaluate.COLUMNS) + 1) + "|"
+    assert [line.split(" | ")[0] for line in lines[2:]] == [
+        "| zero-shot base", "| fine-tuned", "| human reference"]
+    assert lines[2].startswith("| zero-shot base | 0.500 | - |")
+    assert lines[4].startswith("| human reference | 0.900 | - |")  # the first result's reference
 
 
 def test_bad_setting_is_an_error(tiny_model, tmp_path, capsys):

@@ -110,6 +110,83 @@ def test_relevance_own_minus_shuffled():
     assert out["relevance"] == pytest.approx(2.2 / 3)
 
 
+def test_sentences_across_paragraphs():
+    assert metrics.sentences("One. Two!\n\nThree") == ["One.", "Two!", "Three"]
+    assert metrics.sentences("") == []
+
+
+def test_relevance_after_first_ignores_a_restated_description():
+    desc = np.array([[1.0, 0.0], [0.0, 1.0]])
+    vectors = {"It wandered.": [0.0, 1.0], "It flew away.": [0.0, 1.0], "": [0.6, 0.8]}
+    seen = []
+
+    def embed(texts):
+        seen.extend(texts)
+        return np.array([vectors[t] for t in texts])
+
+    stories = ["Zero was a thing of zero. It wandered.", "One was a thing of one. It flew away.",
+               "Zero was only a thing of zero."]
+    out = metrics.relevance_after_first(stories, desc, [0, 1, 0], [1, 0, 1], embed)
+    assert seen == ["It wandered.", "It flew away.", ""]  # the first sentences never embedded
+    assert out["relevance_after_first_matched"] == pytest.approx((0 + 1 + 0.6) / 3)
+    assert out["relevance_after_first_shuffled"] == pytest.approx((1 + 0 + 0.8) / 3)
+    assert out["relevance_after_first"] == pytest.approx(-0.2 / 3)
+    assert set(out) == {"relevance_after_first", "relevance_after_first_matched",
+                        "relevance_after_first_shuffled"}
+
+
+def test_coherence_consecutive_minus_other_stories():
+    a = np.array([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]])  # consecutive: 0.6, 0.8 -> 0.7
+    b = np.array([[0.0, 1.0], [0.0, 1.0]])  # consecutive: 1
+    out = metrics.coherence([a, b])
+    assert out["coherence_consecutive"] == pytest.approx((0.7 + 1) / 2)
+    # two stories pair with each other: (a0.b0, a1.b1) = (0, 0.8) both ways; a2 has no partner
+    assert out["coherence_other"] == pytest.approx(0.4)
+    assert out["coherence"] == pytest.approx(0.85 - 0.4)
+
+
+def test_coherence_short_stories_have_no_pairs():
+    a = np.array([[1.0, 0.0], [0.6, 0.8]])
+    one, empty = np.array([[0.0, 1.0]]), np.zeros((0, 2))
+    out = metrics.coherence([a, one, empty])
+    assert out["coherence_consecutive"] == pytest.approx(0.6)  # only a has a consecutive pair
+    assert out == metrics.coherence([a, one, empty])  # the pairing is seeded
+    assert metrics.coherence([one, one])["coherence_consecutive"] is None
+    assert metrics.coherence([one, one])["coherence"] is None
+    assert metrics.coherence([a]) == {"coherence": None, "coherence_other": None,  # no pairing
+                                      "coherence_consecutive": pytest.approx(0.6)}
+
+
+@pytest.mark.parametrize("text", [
+    "Sure! Here is a backstory for Kaylon.", "Certainly. Kaylon was...", "Of course, Kaylon...",
+    "Here's Kaylon's story:", "Here\u2019s the tale.", "Below is a backstory.",
+    "As an AI, I cannot...", "I'd be happy to write that.", "I can write that for you.",
+    "Absolutely! Kaylon began...", "Title: The Fall of Kaylon", "Backstory: Kaylon was...",
+    "**Backstory of Kaylon:** Kaylon was...", "# Kaylon\n\nKaylon was...",
+    "**The Fall of Kaylon**\n\nKaylon was...", "  sure, Kaylon was...",
+    "Kaylon was an empire. In this backstory we see its fall.",
+    "Kaylon was an empire. I hope this helps!", "Kaylon rose. As a language model, I...",
+    "Kaylon's backstory begins in the void.",
+])
+def test_has_preamble(text):
+    assert metrics.has_preamble(text)
+
+
+@pytest.mark.parametrize("text", [
+    "Once upon a time there was an empire called Kaylon.", "Kaylon was an empire of androids.",
+    "Surely no one remembered Kaylon.", "Herein lies the tale of Kaylon.", "The Kaylon rose.",
+    "Mira Solvane was born in the fens. She learned **many** secrets.", "",
+    "Kaylon rose. " + "The war went on. " * 12 + "I hope this ends.",  # meta only past 200 chars
+])
+def test_has_no_preamble(text):
+    assert not metrics.has_preamble(text)
+
+
+def test_preamble_share_in_text_stats():
+    stats = metrics.text_stats(["Sure, here it is. Kaylon rose.", "Kaylon rose.", "Kaylon fell."])
+    assert stats["preamble"] == pytest.approx(1 / 3)
+
+
 def test_mean_skips_none():
     assert metrics.mean([1.0, None, 3.0]) == 2.0
     assert metrics.mean([None]) is None

@@ -20,6 +20,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import datasets
+import numpy as np
 import pydantic
 import torch
 from tqdm import tqdm
@@ -36,11 +37,29 @@ from training.data import load_passages, tokenize_and_group
 PROMPTS = Path(__file__).with_name("eval_prompts.tsv")
 SEED_BASE, SEED_STRIDE = 1000, 10_000  # prompt i, seed round r: seed 1000 + i + 10_000 * r
 QUICK_MAX_CHARS, QUICK_BLOCKS = 100_000, 16  # --quick: a data sample and a few blocks
+MAX_BLOCKS = 96  # spread over every source: a 135M model reads the whole split in minutes
 MAX_BLOCK_SIZE, MIN_REFERENCE_WORDS = 512, 20
 SHOWN = ("model", "temperature", "top_p", "top_k", "repetition_penalty", "max_new_tokens",
          "no_repeat_ngram_size", "opener", "restate")
-COLUMNS = ("name_use", "name_use_beyond_opener", "relevance", "repetition_3gram", "distinct_1",
-           "distinct_2", "complete_sentence", "mean_words", "near_empty")
+# The table columns. Each of name_use and relevance has a partner that the opener cannot raise:
+# starting with the name lifts name_use but not name_use_beyond_opener, restating the description
+# lifts relevance but not relevance_after_first. coherence and preamble need the whole story.
+COLUMNS = ("name_use", "name_use_beyond_opener", "relevance", "relevance_after_first",
+           "coherence", "preamble", "complete_sentence", "repetition_3gram", "distinct_2",
+           "mean_words", "near_empty")
+LEGEND = ("relevance: cosine (MiniLM) of a story with its own description minus with another "
+          "prompt's; relevance_after_first: the same without the story's first sentence; "
+          "coherence: cosine of consecutive sentences minus of sentences of different stories; "
+          "preamble: share of stories that open like an assistant's reply or a document "
+          "(\"Sure, here is\", \"Title:\") or talk about the backstory; name_use_beyond_opener: "
+          "share that name the character after the first sentence.")
+# What the human reference can score only on passages with a header (a name and a description).
+HEADED_METRICS = ("name_use", "name_use_beyond_opener", "relevance", "relevance_matched",
+                  "relevance_shuffled", "relevance_after_first", "relevance_after_first_matched",
+                  "relevance_after_first_shuffled")
+REFERENCE_NOTE = ("Human reference: held-out corpus passages cut to about the {whose} length; "
+                  "name use and both relevances are over the {headed} passages with a header "
+                  "(name and description taken from the passage), the rest over all of them.")
 
 
 @dataclass(frozen=True)
@@ -73,7 +92,7 @@ def parse_overrides(items: list[str]) -> dict[str, str]:
 def make_settings(model: str, overrides: dict) -> Settings:
     """The served settings (environment, .env) with the overrides on top."""
     try:
-        return Settings(**{**overrides, "model": model})
+        return Settings(**{"model": model, **overrides})  # a variant may name another model
     except pydantic.ValidationError as e:
         raise ValueError(f"bad settings {overrides}: {e}") from None
 
@@ -97,8 +116,9 @@ def perplexity(engine: Engine, quick: bool, batch_size: int = 8) -> dict:
     # tokenize_and_group wants a train split too; the val split stands in for it.
     blocks = tokenize_and_group(datasets.DatasetDict(train=val, val=val), engine.tokenizer,
                                 block_size)["val"]["input_ids"]
-    if quick and len(blocks) > QUICK_BLOCKS:  # spread over the sources, not the first one only
-        blocks = [blocks[i * len(blocks) // QUICK_BLOCKS] for i in range(QUICK_BLOCKS)]
+    most = QUICK_BLOCKS if quick else MAX_BLOCKS
+    if len(blocks) > most:  # spread over the sources, not the first one only
+        blocks = [blocks[i * len(blocks) // most] for i in range(most)]
     total = 0.0
     for i in tqdm(range(0, len(blocks), batch_size), desc="perplexity", file=sys.stderr):
         ids = torch.tensor(blocks[i : i + batch_size], device=engine.device)
@@ -134,15 +154,34 @@ def embedder():
     return SentenceTransformer(str(get_model_path()), device="cpu")
 
 
-def embed(texts: list[str]):
+def embed(texts: list[str]) -> np.ndarray:
     return embedder().encode(texts, batch_size=32, normalize_embeddings=True,
                              convert_to_numpy=True, show_progress_bar=False)
 
 
 def relevance(stories: list[str], descriptions: list[str], prompt_of: list[int]) -> dict:
+    """relevance and relevance_after_first (with _matched and _shuffled) of the stories, each
+    against its prompt's description and a fixed other one."""
     perm = metrics.derangement(len(descriptions))
-    return metrics.relevance(embed(stories), embed(descriptions), prompt_of,
-                             [perm[p] for p in prompt_of])
+    shuffled = [perm[p] for p in prompt_of]
+    described = embed(descriptions)
+    return {**metrics.relevance(embed(stories), described, prompt_of, shuffled),
+            **metrics.relevance_after_first(stories, described, prompt_of, shuffled, embed)}
+
+
+def sentence_embeddings(texts: list[str]) -> list[np.ndarray]:
+    """One (sentences x dim) array per text, its sentences embedded in one batch for all texts."""
+    split = [metrics.sentences(t) for t in texts]
+    flat = [s for ss in split for s in ss]
+    vectors = embed(flat) if flat else np.zeros((0, 0), dtype=np.float32)
+    ends = np.cumsum([len(ss) for ss in split])
+    return [vectors[end - len(ss) : end] for ss, end in zip(split, ends, strict=True)]
+
+
+def text_scores(texts: list[str]) -> dict:
+    """The scores that need no prompt, of backstories and human text alike: the text statistics
+    and the coherence of the sentences."""
+    return {**metrics.text_stats(texts), **metrics.coherence(sentence_embeddings(texts))}
 
 
 def split_header(passage: str) -> tuple[str | None, str | None, str]:
@@ -156,18 +195,21 @@ def split_header(passage: str) -> tuple[str | None, str | None, str]:
 
 
 def reference(n: int, target_words: int, quick: bool) -> dict:
-    """The text statistics of human text: n held-out passages, spread over the split, each cut to
-    about the backstories' length; name use and relevance where the passage has a header."""
+    """The scores of human text: n held-out passages, spread over the split, each cut to about
+    the backstories' length; name use and relevance over the passages with a header, None when
+    fewer than two have one (the keys are always there, so every report has the same rows)."""
     passages = held_out(quick)
     m = min(n, len(passages))
     picked = [split_header(passages[i * len(passages) // m]) for i in range(m)]
     texts = [metrics.cut_to_words(body, target_words) for _, _, body in picked]
-    stats = metrics.text_stats(texts)
+    stats = text_scores(texts)
     headed = [(name, desc, t) for (name, desc, _), t in zip(picked, texts) if name]
-    if len(headed) >= 2:
-        names, descs, bodies = zip(*headed, strict=True)
-        stats.update(metrics.name_use(bodies, names), headed=len(headed))
-        stats.update(relevance(list(bodies), list(descs), list(range(len(descs)))))
+    stats["headed"] = len(headed)
+    if len(headed) < 2:
+        return {**stats, **dict.fromkeys(HEADED_METRICS)}
+    names, descs, bodies = zip(*headed, strict=True)
+    stats.update(metrics.name_use(bodies, names))
+    stats.update(relevance(list(bodies), list(descs), list(range(len(descs)))))
     return stats
 
 
@@ -186,14 +228,14 @@ def evaluate(model: str, settings_overrides: dict | None = None, quick: bool = F
     rows = generate(engine, prompts, seeds, batch_size)
     stories = [r["backstory"] for r in rows]
     print("scoring", file=sys.stderr)
-    stats = metrics.text_stats(stories)
+    stats = text_scores(stories)
     stats.update(metrics.name_use(stories, [r["name"] for r in rows]))
     stats.update(relevance(stories, [normalize(p.description) for p in prompts],
                            [r["prompt"] for r in rows]))
     stats["mean_tokens"] = metrics.mean([r["tokens"] for r in rows])
     target = max(MIN_REFERENCE_WORDS, round(stats["mean_words"] or 0))
     return {
-        "model": model, "settings": {k: getattr(settings, k) for k in SHOWN},
+        "model": settings.model, "settings": {k: getattr(settings, k) for k in SHOWN},
         "overrides": dict(settings_overrides or {}), "quick": quick, "seeds": seeds,
         "prompts": len(prompts), "prompts_file": prompts_path.name,
         "perplexity": ppl, "backstories": _rounded(stats),
@@ -211,36 +253,46 @@ def _fmt(value) -> str:
 
 def markdown(result: dict) -> str:
     s, p = result["settings"], result["perplexity"]
+    b, r = result["backstories"], result["reference"]
     out = [f"# Evaluation of {result['model']}", "",
            "Settings: " + ", ".join(f"{k}={v}" for k, v in s.items() if k != "model"), "",
            f"{result['prompts']} prompts x {result['seeds']} seed(s)"
            f"{', quick' if result['quick'] else ''}. Held-out perplexity: {p['perplexity']:.2f} "
            f"(loss {p['loss']:.4f}, {p['blocks']} blocks of {p['block_size']} tokens).", "",
            "| metric | backstories | human reference |", "|---|---|---|"]
-    b, r = result["backstories"], result["reference"]
-    out += [f"| {k} | {_fmt(b.get(k))} | {_fmt(r.get(k))} |" for k in b]
-    out += ["", "Human reference: held-out corpus passages cut to about the backstories' length; "
-            f"its name use and relevance are over the {r.get('headed', 0)} passages with a "
-            "header (name and description taken from the passage).", "", "## Samples", ""]
+    out += [f"| {k} | {_fmt(b.get(k))} | {_fmt(r.get(k))} |"
+            for k in dict.fromkeys([*COLUMNS, *b])]
+    out += ["", LEGEND, "", REFERENCE_NOTE.format(whose="backstories'", headed=r.get("headed", 0)),
+            "", "## Samples", ""]
     for x in result["samples"][:5]:
         story = " ".join(x["backstory"].split()) or "(empty)"  # one line: a Markdown list item
         out.append(f"- **{x['name']}** (seed {x['seed']}): {story}")
     return "\n".join(out) + "\n"
 
 
+def _row(label: str, stats: dict) -> str:
+    return f"| {label} | " + " | ".join(_fmt(stats.get(c)) for c in COLUMNS) + " |"
+
+
+def comparison_table(results: list[tuple[str, dict]], label_header: str = "run") -> str:
+    """A Markdown table of the COLUMNS of labelled evaluate() results ("zero-shot base",
+    "fine-tuned"...), one row each, then a "human reference" row: the first result's (each
+    reference is cut to its own result's length, so it goes with the first row)."""
+    rows = [_row(label, r["backstories"]) for label, r in results]
+    return "\n".join([f"| {label_header} | " + " | ".join(COLUMNS) + " |",
+                      "|---" * (len(COLUMNS) + 1) + "|", *rows,
+                      _row("human reference", results[0][1]["reference"])])
+
+
 def compare_markdown(results: list[tuple[str, dict]]) -> str:
-    p = results[0][1]["perplexity"]
-    head = ["# Settings compared", "", f"Model {results[0][1]['model']}, held-out perplexity "
+    first = results[0][1]
+    p = first["perplexity"]
+    head = ["# Settings compared", "", f"Model {first['model']}, held-out perplexity "
             f"{p['perplexity']:.2f}; base settings: " + ", ".join(
-                f"{k}={v}" for k, v in results[0][1]["settings"].items() if k != "model"), "",
-            "| variant | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
-    rows = [f"| {label} | " + " | ".join(_fmt(r["backstories"].get(c)) for c in COLUMNS) + " |"
-            for label, r in results]
-    ref = results[0][1]["reference"]
-    rows.append("| human reference | " + " | ".join(_fmt(ref.get(c)) for c in COLUMNS) + " |")
-    note = ["", "Human reference: held-out corpus passages cut to about the first variant's "
-            "length (name use and relevance over the passages with a header)."]
-    return "\n".join(head + rows + note) + "\n"
+                f"{k}={v}" for k, v in first["settings"].items() if k != "model"), ""]
+    note = ["", LEGEND, "", REFERENCE_NOTE.format(whose="first variant's",
+                                                  headed=first["reference"].get("headed", 0))]
+    return "\n".join([*head, comparison_table(results, "variant"), *note]) + "\n"
 
 
 def write(result: dict, out_dir: Path, stem: str = "eval") -> None:
@@ -281,11 +333,12 @@ def run(args: argparse.Namespace) -> None:
         write(result, out_dir)
         print(markdown(result).split("## Samples")[0])
         return
-    results, ppl = [], None
+    results, ppls = [], {}  # perplexity depends on the model only, not on the settings
     for label, overrides in variants:
         print(f"variant {label}", file=sys.stderr)
-        results.append((label, evaluate(args.model, overrides, ppl=ppl, **kw)))
-        ppl = results[-1][1]["perplexity"]
+        model = overrides.get("model", args.model)
+        results.append((label, evaluate(args.model, overrides, ppl=ppls.get(model), **kw)))
+        ppls[model] = results[-1][1]["perplexity"]
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "compare.json").write_text(json.dumps(dict(results), indent=2,
                                                      ensure_ascii=False) + "\n")

@@ -10,7 +10,7 @@ case do not make "Dragon," and "dragon" different words for repetition and disti
 import random
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -22,6 +22,33 @@ _COMPLETE_END = re.compile(r"[.!?\u2026][\"'\u201d\u2019)\]]*\s*$")
 # Leading words that are not a name's own ("The Iron Legion" is found by "Iron", not "The").
 _NAME_ARTICLES = {"the", "a", "an"}
 NEAR_EMPTY_WORDS = 5
+# Preamble: an instruction-tuned model answers the request ("Sure! Here's a backstory for...")
+# or dresses the story as a document (a title, a bold title line, a heading) instead of just
+# telling it. These are the openings of such replies, matched at the very start of the text,
+# ignoring case. Interjections match as whole words, so "Surely" is not one; a story that truly
+# opens with "Of course" or "I can" counts too, the price of catching the common replies.
+# Storytelling openings ("Once upon a time", the character's name) are not in here.
+_PREAMBLE_OPENING = re.compile(
+    r"""\s*(?:
+        (?:sure|certainly|of\s+course|absolutely)\b
+      | here(?:\s+is|\s+are|['\u2019]s)\b
+      | below\s+(?:is|are)\b
+      | as\s+an\s+ai\b
+      | i['\u2019]d\s+be\s+(?:happy|glad)\b
+      | i\s+can\b
+      | (?:title|backstory)\s*:
+      | \*\*\s*(?:title|backstory)\b
+      | \*\*[^*\n]+\*\*[ \t]*:?[ \t]*(?:\n|$)
+      | \#{1,6}\s
+    )""",
+    re.IGNORECASE | re.VERBOSE)
+# Talk about the text rather than the character, anywhere near the start ("In this backstory...",
+# "As a language model...", "I hope this helps"): human stories and our model's do not do that.
+_PREAMBLE_META = re.compile(
+    r"(?:\b(?:this|the|a|your)|['\u2019]s)\s+backstory\b|\bas\s+an\s+ai\b"
+    r"|\blanguage\s+model\b|\bi\s+hope\s+this\b",
+    re.IGNORECASE)
+PREAMBLE_META_CHARS = 200
 
 
 def words(text: str) -> list[str]:
@@ -67,11 +94,25 @@ def mentions(text: str, name: str) -> bool:
     return any(re.search(rf"(?<!\w){re.escape(k)}(?!\w)", text) for k in name_keys(name))
 
 
+def sentences(text: str) -> list[str]:
+    """The sentences of a text, paragraph after paragraph (a sentence never spans a blank line)."""
+    return [s for p in text.split("\n\n") for s in split_sentences(p)]
+
+
 def after_first_sentence(text: str) -> str:
-    """The text without its first sentence: with the opener on, every story starts with the name,
-    so a mention there says nothing about whether the model kept using it."""
-    sentences = [s for p in text.split("\n\n") for s in split_sentences(p)]
-    return " ".join(sentences[1:])
+    """The text without its first sentence: with the opener on, every story starts with the name
+    (and with `restate` with the description), so the first sentence says nothing about whether
+    the model kept using the name or stayed on the description."""
+    return " ".join(sentences(text)[1:])
+
+
+def has_preamble(text: str) -> bool:
+    """True when the text opens like an assistant's reply or a document (see _PREAMBLE_OPENING)
+    or talks about itself in its first PREAMBLE_META_CHARS characters: a zero-shot prompt can get
+    a chat model to write backstories, but not only backstories, and this counts how often."""
+    text = unicodedata.normalize("NFC", text)
+    return bool(_PREAMBLE_OPENING.match(text)
+                or _PREAMBLE_META.search(text[:PREAMBLE_META_CHARS]))
 
 
 def derangement(n: int, seed: int = 0) -> list[int]:
@@ -101,6 +142,7 @@ def text_stats(texts: Sequence[str]) -> dict:
         "distinct_1": distinct_n(texts, 1),
         "distinct_2": distinct_n(texts, 2),
         "complete_sentence": mean([float(ends_complete(t)) for t in texts]),
+        "preamble": mean([float(has_preamble(t)) for t in texts]),
         "mean_words": mean(lengths),
         "near_empty": mean([float(n < NEAR_EMPTY_WORDS) for n in lengths]),
     }
@@ -121,7 +163,7 @@ def cut_to_words(text: str, target: int) -> str:
     repetition depend on length, and ends on a sentence like a cleaned backstory does."""
     kept: list[str] = []
     n = 0
-    for sentence in (s for p in text.split("\n\n") for s in split_sentences(p)):
+    for sentence in sentences(text):
         k = len(words(sentence))
         if kept and abs(n + k - target) >= abs(n - target):
             break
@@ -131,9 +173,54 @@ def cut_to_words(text: str, target: int) -> str:
 
 
 def relevance(stories: np.ndarray, descriptions: np.ndarray, matched: Sequence[int],
-              shuffled: Sequence[int]) -> dict:
+              shuffled: Sequence[int], key: str = "relevance") -> dict:
     """Mean cosine of each story with its own description, minus the same with another prompt's
-    description: near 0 when the story ignores the prompt. Rows must be unit-normalised."""
+    description: near 0 when the story ignores the prompt. Rows must be unit-normalised. The
+    results are `key`, `key`_matched and `key`_shuffled."""
     own = float(np.mean(np.sum(stories * descriptions[list(matched)], axis=1)))
     other = float(np.mean(np.sum(stories * descriptions[list(shuffled)], axis=1)))
-    return {"relevance": own - other, "relevance_matched": own, "relevance_shuffled": other}
+    return {key: own - other, f"{key}_matched": own, f"{key}_shuffled": other}
+
+
+def relevance_after_first(stories: Sequence[str], descriptions: np.ndarray,
+                          matched: Sequence[int], shuffled: Sequence[int],
+                          embed: Callable[[list[str]], np.ndarray]) -> dict:
+    """`relevance` of the stories without their first sentence: restating the description as the
+    opening sentence (the `restate` opener, or a model copying its prompt) raises `relevance`
+    without the story being about the description, and cannot raise this.
+
+    A story with nothing after its first sentence is scored with the embedding of "" rather than
+    left out: it adds nothing on the description, about as close to its own description as to
+    another's, so it pulls the mean towards 0, where skipping it would hide it. `embed` maps texts
+    to unit-normalised rows (evaluate.embed); `descriptions` are already embedded."""
+    rest = embed([after_first_sentence(s) for s in stories])
+    return relevance(rest, descriptions, matched, shuffled, key="relevance_after_first")
+
+
+def coherence(stories: Sequence[np.ndarray], seed: int = 0) -> dict:
+    """Local coherence: how much closer consecutive sentences of a story are than sentences of
+    two different stories. `stories` holds one (sentences x dim) array of unit-normalised sentence
+    embeddings per story.
+
+    coherence_consecutive: mean cosine of sentence i and i+1 of a story, averaged per story and
+    then over stories (a long story weighs as much as a short one; a story with fewer than two
+    sentences has no pair and is left out). coherence_other: the same for sentence i of story j
+    and sentence i of story derangement[j], where both exist (a fixed, seeded pairing; the same
+    position, so only the story differs). Their difference, `coherence`, is near 0 when a story's
+    sentences follow each other no better than sentences of two stories do, however well each
+    one alone matches the prompt or the genre; None where there are no pairs (or fewer than two
+    stories, for the baseline)."""
+    consecutive = mean([_mean_cosine(s[:-1], s[1:]) for s in stories])
+    other = None
+    if len(stories) >= 2:
+        other = mean([_mean_cosine(stories[j], stories[k])
+                      for j, k in enumerate(derangement(len(stories), seed))])
+    diff = consecutive - other if consecutive is not None and other is not None else None
+    return {"coherence": diff, "coherence_consecutive": consecutive, "coherence_other": other}
+
+
+def _mean_cosine(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Mean cosine of row i of `a` with row i of `b` (unit rows), over the rows both have; None
+    when one has none."""
+    n = min(len(a), len(b))
+    return float(np.mean(np.sum(a[:n] * b[:n], axis=1))) if n else None
