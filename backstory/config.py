@@ -19,7 +19,12 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="BACKSTORY_", env_file=".env", extra="ignore")
 
     # Model service
-    model: str = Field(DEFAULT_MODEL, description="Model folder, BentoML model tag or Hub id.")
+    model: str = Field(DEFAULT_MODEL, description="Model folder (a full model or a LoRA adapter), "
+                       "BentoML model tag, Hub id, or `smollm2-135m-instruct` (the packaged base).")
+    base: str = Field("", description="The base an adapter folder is merged into (a folder, tag, "
+                      "Hub id or `smollm2-135m-instruct`); empty = the one the adapter names.")
+    instruction: Literal["short", "guided"] = Field(
+        "short", description="Chat models: the instruction in the prompt (see backstory/text.py).")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="Weights and compute; auto = bfloat16 on CUDA, float32 on CPU.")
@@ -40,7 +45,7 @@ class Settings(BaseSettings):
     repetition_penalty: float = Field(1.44, ge=1, le=2, description="Default repetition penalty.")
     no_repeat_ngram_size: int = Field(0, ge=0, le=10, description="Ban repeated n-grams (0 = off).")
     opener: bool = Field(True, description="Start each story with the character's name.")
-    restate: bool = Field(True, description="Open with the description as a sentence.")
+    restate: bool = Field(False, description="Open with the description as a sentence.")
     name_max_chars: int = Field(80, ge=1, description="Longest accepted name.")
     description_max_chars: int = Field(600, ge=1, description="Longest accepted description.")
 

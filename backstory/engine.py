@@ -17,6 +17,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from backstory.base import PACKAGED_BASE, ensure_base
 from backstory.config import Settings
 from backstory.sampling import RowSampler, RowSettings
 from backstory.schemas import BackstoryRequest, Generation
@@ -27,9 +28,12 @@ Emit = Callable[[int, str], None]  # called with (row, new text) as a row's stor
 
 
 def resolve_model(ref: str) -> str:
-    """A model folder as is; otherwise a BentoML model-store tag; otherwise a Hub id."""
+    """A model folder as is; the packaged base's name as its converted folder (converted on first
+    use); otherwise a BentoML model-store tag; otherwise a Hub id."""
     if Path(ref).is_dir():
         return ref
+    if ref == PACKAGED_BASE:
+        return str(ensure_base())
     import bentoml
 
     try:
@@ -63,15 +67,32 @@ def pick_dtype(setting: str, device: torch.device) -> torch.dtype:
     return getattr(torch, setting)
 
 
-def load_model(path: str, device: torch.device, dtype: str = "auto"
+def is_adapter(path: str) -> bool:
+    return (Path(path) / "adapter_config.json").is_file()
+
+
+def load_weights(path: str, dtype: torch.dtype, base: str = "") -> PreTrainedModel:
+    """A full model folder as is; a LoRA adapter folder merged into `base` (default: the base its
+    adapter_config.json names), one plain model again: no adapter arithmetic at serving time."""
+    if not is_adapter(path):
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    from peft import PeftConfig, PeftModel
+
+    base = base or PeftConfig.from_pretrained(path).base_model_name_or_path
+    model = AutoModelForCausalLM.from_pretrained(resolve_model(base), dtype=torch.float32)
+    merged = PeftModel.from_pretrained(model, path).merge_and_unload()  # merged in fp32
+    return merged.to(dtype)
+
+
+def load_model(path: str, device: torch.device, dtype: str = "auto", base: str = ""
                ) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
     """Tokenizer (left padding, a pad token) and model in eval mode on `device`, in `dtype`
-    (see pick_dtype)."""
+    (see pick_dtype). An adapter folder brings its tokenizer; its weights merge into `base`."""
     dtype = pick_dtype(dtype, device)
     tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+    model = load_weights(path, dtype, base).to(device).eval()
     # The folder's generation_config.json (sampling defaults for users of model.generate) would
     # be merged into every generate() call: its repetition penalty applied on top of the one
     # our sampler applies per row. The settings are the one source of sampling defaults.
@@ -79,6 +100,13 @@ def load_model(path: str, device: torch.device, dtype: str = "auto"
         bos_token_id=model.config.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id)
     return tokenizer, model
+
+
+def prompt_text(tokenizer: PreTrainedTokenizerBase, settings: Settings, name: str,
+                description: str) -> str:
+    """The served prompt (text.build_prompt with the served settings)."""
+    return build_prompt(name, description, settings.opener, settings.restate, tokenizer,
+                        settings.instruction)
 
 
 def context_length(model: PreTrainedModel) -> int:
@@ -94,7 +122,7 @@ class Engine:
             torch.set_num_threads(settings.threads)
         self.threads = torch.get_num_threads()
         path = resolve_model(settings.model)
-        self.tokenizer, self.model = load_model(path, self.device, settings.dtype)
+        self.tokenizer, self.model = load_model(path, self.device, settings.dtype, settings.base)
         self.name = Path(path).name if Path(path).is_dir() else path
         self.parameters = sum(p.numel() for p in self.model.parameters())
         self.context = context_length(self.model)
@@ -136,8 +164,8 @@ class Engine:
                ) -> dict[str, torch.Tensor]:
         """The requests' prompts as one left-padded batch (input_ids, attention_mask) on the
         device, cut to the model's context; each row's lengths are cut to what context is left."""
-        s = self.settings
-        prompts = [build_prompt(r.name, r.description, s.opener, s.restate) for r in requests]
+        prompts = [prompt_text(self.tokenizer, self.settings, r.name, r.description)
+                   for r in requests]
         enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
         enc = {k: v[:, -self.context + 1:].to(self.device) for k, v in enc.items()}
         budget = max(1, self.context - enc["input_ids"].shape[1])

@@ -1,7 +1,15 @@
 """The text format the model is trained on and prompted with, and the clean-up of its output.
 
 Training and serving share this file so that the prompt at serving time is exactly the format the
-model saw in training:
+model saw in training. A chat model (one whose tokenizer has a chat template, like the default
+SmolLM2-135M-Instruct) gets its own template with our instruction, and the assistant's turn begins
+with the story's opening:
+
+    <|im_start|>system ...<|im_end|> <|im_start|>user Write ... Name: Kaylon ...<|im_end|>
+    <|im_start|>assistant
+    Kaylon ... (the story)<|im_end|>
+
+A model trained from scratch (GPT-2, `--preset`) learns the plain header format:
 
     <|endoftext|>Name: Kaylon
     Description: An empire of androids that killed their biological creators.
@@ -15,7 +23,7 @@ import unicodedata
 EOS = "<|endoftext|>"
 HEADER = "Name: {name}\nDescription: {description}\n\n"
 # A model that finishes one story may start the next example's header: cut there.
-STOP_MARKERS = ("\nName:", "\nDescription:", EOS)
+STOP_MARKERS = ("\nName:", "\nDescription:", EOS, "<|im_end|>", "<|im_start|>")
 
 _SPACES = re.compile(r"[ \t\r\f\v]+")
 _PARAGRAPH_BREAKS = re.compile(r"\s*\n\s*\n\s*")
@@ -59,9 +67,36 @@ def opening(name: str, description: str, opener: bool = True, restate: bool = Fa
     return name
 
 
-def build_prompt(name: str, description: str, opener: bool = True, restate: bool = False) -> str:
-    """The prompt for one backstory: the training format's header, then the opening."""
-    return EOS + header(name, description) + opening(name, description, opener, restate)
+SYSTEM = ("You are a storyteller. You write immersive, lore-rich backstories for characters of "
+          "fantasy, myth and science fiction.")
+# "short" is what the fine-tuned model is trained and served with; "guided" spells out what a
+# reader wants, for the zero-shot base (its best prompt in the evaluation) and for the teacher
+# that wrote the fine-tuning data (training/distill.py).
+INSTRUCTIONS = {
+    "short": "Write the backstory of this character.",
+    "guided": ("Write the backstory of this character in two or three paragraphs of third-person "
+               "prose. Begin with the story itself: no title, no preamble. Call the character "
+               "{name} throughout, stay true to the description, and end on a complete sentence."),
+}
+
+
+def chat_messages(name: str, description: str, instruction: str = "short") -> list[dict]:
+    name, description = normalize(name), normalize(description)
+    ask = INSTRUCTIONS[instruction].format(name=name)
+    return [{"role": "system", "content": SYSTEM},
+            {"role": "user", "content": f"{ask}\n\nName: {name}\nDescription: {description}"}]
+
+
+def build_prompt(name: str, description: str, opener: bool = True, restate: bool = False,
+                 tokenizer=None, instruction: str = "short") -> str:
+    """The prompt for one backstory, ending with the story's opening: the tokenizer's chat
+    template where it has one, else the training format's header."""
+    start = opening(name, description, opener, restate)
+    if tokenizer is not None and getattr(tokenizer, "chat_template", None):
+        chat = tokenizer.apply_chat_template(chat_messages(name, description, instruction),
+                                             tokenize=False, add_generation_prompt=True)
+        return chat + start
+    return EOS + header(name, description) + start
 
 
 def find_stop(text: str) -> int | None:

@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 
 from backstory.config import Settings
-from backstory.engine import context_length, load_model, pick_device
-from backstory.text import build_prompt, clean_backstory, opening
+from backstory.engine import context_length, load_model, pick_device, prompt_text, resolve_model
+from backstory.text import clean_backstory, opening
 
 
 @dataclass
@@ -31,12 +31,13 @@ class NaiveGenerator:
     def __init__(self, model_dir: str, settings: Settings | None = None):
         self.settings = settings or Settings(model=model_dir)
         self.device = pick_device("auto")
-        self.tokenizer, self.model = load_model(model_dir, self.device, self.settings.dtype)
+        self.tokenizer, self.model = load_model(resolve_model(model_dir), self.device,
+                                                self.settings.dtype, self.settings.base)
         self.name = Path(model_dir).name
         self.context = context_length(self.model)
 
     def prompt_ids(self, name: str, description: str) -> torch.Tensor:
-        prompt = build_prompt(name, description, self.settings.opener, self.settings.restate)
+        prompt = prompt_text(self.tokenizer, self.settings, name, description)
         ids = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
         return ids[:, -self.context + 1:].to(self.device)
 

@@ -18,6 +18,19 @@ def test_prompt_has_header_and_opener():
     assert build_prompt("Kaylon", "x.", opener=False).endswith("Description: x.\n\n")
 
 
+def test_chat_prompt_uses_the_template_and_opens_the_story(tiny_model):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    prompt = build_prompt(" Kaylon ", "An empire\nof androids.", tokenizer=tok)
+    assert prompt.startswith("<|im_start|>system\n") and "<|im_start|>user\n" in prompt
+    assert "Name: Kaylon\nDescription: An empire of androids." in prompt
+    assert prompt.endswith("<|im_start|>assistant\nKaylon")
+    guided = build_prompt("Kaylon", "x.", opener=False, tokenizer=tok, instruction="guided")
+    assert "Call the character Kaylon throughout" in guided
+    assert guided.endswith("<|im_start|>assistant\n")
+
+
 def test_normalize_joins_wrapped_lines_and_keeps_paragraphs():
     assert normalize("a\nb  c\n\n\n d\u00a0e ") == "a b c\n\nd e"
 
