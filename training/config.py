@@ -26,9 +26,17 @@ class TrainConfig:
     headers: bool = _opt(True, "Prefix passages with a 'Name:/Description:' header built from "
                          "the passage (teaches the serving prompt format).")
     chunk_chars: int = _opt(1500, "Target characters per passage.")
+    sft_data: str = _opt("", "JSONL of name/description/story rows (training/distill.py): learn "
+                         "the served chat prompt -> story, loss on the story only; `data` unused.")
     cache_dir: str = _opt(".cache/training", "Where tokenized datasets are cached.")
     # Tokenizer and model
-    base_model: str = _opt("", "Fine-tune this causal LM (folder or Hub id); empty = from scratch.")
+    base_model: str = _opt("", "Fine-tune this causal LM (folder, Hub id or "
+                           "smollm2-135m-instruct, the packaged base); empty = from scratch.")
+    lora_r: int = _opt(0, "LoRA rank (peft) for fine-tuning; 0 = train every weight.")
+    lora_alpha: int = _opt(32, "LoRA scaling numerator (the update is scaled by alpha / r).")
+    lora_dropout: float = _opt(0.05, "Dropout on the LoRA path.")
+    lora_targets: list[str] = _opt(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                    "up_proj", "down_proj"], "Modules that get LoRA adapters.")
     vocab_size: int = _opt(16000, "Byte-level BPE vocabulary when training from scratch.")
     block_size: int = _opt(512, "Tokens per training block (and the model's context).")
     n_layer: int = _opt(6, "Transformer layers.")
@@ -67,6 +75,12 @@ PRESETS: dict[str, dict] = {
                 warmup_steps=200, max_steps=100_000, max_minutes=55, eval_every=200,
                 eval_batches=20, dropout=0.0, output_dir="runs/cpu"),
     # The best model one H100/H200 trains in about five minutes (see the training issue's figures).
+    # LoRA on the packaged SmolLM2-135M-Instruct, on the distilled backstories: about 20 minutes
+    # on 2 CPU cores, a minute on one GPU.
+    "smollm2": dict(base_model="smollm2-135m-instruct", sft_data="training/data/backstories.jsonl",
+                    lora_r=16, lora_alpha=32, lr=3e-4, block_size=384, batch_size=8,
+                    warmup_steps=10, max_steps=120, max_minutes=45, eval_every=40,
+                    eval_batches=0, weight_decay=0.0, dropout=0.0, output_dir="runs/smollm2"),
     "gpu": dict(block_size=512, n_layer=6, n_embd=384, n_head=6, batch_size=64, lr=1e-3,
                 warmup_steps=200, max_steps=100_000, max_minutes=5, eval_every=500,
                 eval_batches=40, output_dir="runs/gpu"),
@@ -91,8 +105,10 @@ def validate(cfg: TrainConfig) -> None:
             errors.append(f"{name} must be at least 1")
     if cfg.precision not in ("auto", "bf16", "fp32"):
         errors.append(f"precision must be auto, bf16 or fp32, got {cfg.precision!r}")
-    if not cfg.data:
+    if not cfg.data and not cfg.sft_data:
         errors.append("no data sources given")
+    if cfg.lora_r < 0 or (cfg.lora_r and not cfg.base_model):
+        errors.append("lora_r needs a base_model to adapt (and must not be negative)")
     if errors:
         raise ValueError("bad training config: " + "; ".join(errors))
 

@@ -60,7 +60,9 @@ def export(cfg: TrainConfig, trainer: Trainer, tokenizer, final: dict, wall_s: f
     out = Path(cfg.output_dir)
     model = trainer.model
     state = trainer.state
-    tokens_seen = state.global_step * cfg.batch_size * cfg.grad_accum * cfg.block_size
+    # Fine-tuning examples are shorter than a block: count what the model really read.
+    tokens_seen = (state.num_input_tokens_seen if cfg.sft_data else
+                   state.global_step * cfg.batch_size * cfg.grad_accum * cfg.block_size)
     command = "python -m training " + shlex.join(sys.argv[1:])
     before = out / "metrics.json"
     if cfg.resume and before.exists():  # a resumed run: the card tells the whole history
@@ -71,9 +73,11 @@ def export(cfg: TrainConfig, trainer: Trainer, tokenizer, final: dict, wall_s: f
         "val_loss": round(final["eval_loss"], 4),
         "val_perplexity": round(math.exp(final["eval_loss"]), 2),
         "parameters": count_parameters(model),
+        "trained_parameters": count_parameters(model, trainable=True),
         "steps": state.global_step,
         "tokens_seen": tokens_seen,
-        "epochs": round(tokens_seen / max(1, n_train_blocks * cfg.block_size), 3),
+        "epochs": round(state.epoch or 0, 3),
+        "train_examples": n_train_blocks,
         "wall_seconds": round(wall_s, 1),
         "tokens_per_second": round(tokens_seen / max(wall_s, 1e-9)),
         "hardware": hardware(),
@@ -81,14 +85,16 @@ def export(cfg: TrainConfig, trainer: Trainer, tokenizer, final: dict, wall_s: f
         "config": asdict(cfg),
     }
     s = Settings()
-    model.generation_config = GenerationConfig(
+    generation = GenerationConfig(
         do_sample=True, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
         repetition_penalty=s.repetition_penalty, max_new_tokens=s.max_new_tokens,
-        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id)
+        bos_token_id=tokenizer.bos_token_id or tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     model.config.use_cache = True  # the Trainer turns the KV cache off; generation wants it
+    # A LoRA model saves its adapter only (adapter_config.json + adapter_model.safetensors).
     model.to(torch.float16).save_pretrained(out, safe_serialization=True)
     model.to(torch.float32)
+    generation.save_pretrained(out)
     tokenizer.save_pretrained(out)
     plot_loss(state.log_history, out / "loss.png")
     metrics["samples"] = sample_backstories(out, cfg.seed)

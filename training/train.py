@@ -13,6 +13,7 @@ from training.config import TrainConfig, validate
 from training.data import load_passages, tokenize_and_group
 from training.export import export
 from training.model import build_model, count_parameters
+from training.sft import PadCollator, sft_dataset
 from training.tokenizer import load_tokenizer, train_tokenizer
 
 
@@ -80,16 +81,27 @@ def get_tokenizer(cfg: TrainConfig, passages):
     return tokenizer
 
 
-def train(cfg: TrainConfig) -> Path:
-    validate(cfg)
-    set_seed(cfg.seed)
+def load_data(cfg: TrainConfig):
+    """(tokenizer, train/val dataset, collator): stories to fine-tune on (sft_data), or corpus
+    text cut into blocks of block_size."""
+    if cfg.sft_data:
+        tokenizer = load_tokenizer(cfg.base_model)
+        return tokenizer, sft_dataset(cfg, tokenizer), PadCollator(tokenizer.pad_token_id)
     passages = load_passages(cfg)
     tokenizer = get_tokenizer(cfg, passages)
     blocks = tokenize_and_group(passages, tokenizer, cfg.block_size).with_format("numpy")
+    return tokenizer, blocks, collate
+
+
+def train(cfg: TrainConfig) -> Path:
+    validate(cfg)
+    set_seed(cfg.seed)
+    tokenizer, blocks, collator = load_data(cfg)
     model = build_model(cfg, tokenizer)
     cuda = torch.cuda.is_available()
-    print(f"model: {count_parameters(model) / 1e6:.1f}M parameters; train blocks: "
-          f"{len(blocks['train'])}, val blocks: {len(blocks['val'])} of {cfg.block_size} tokens")
+    print(f"model: {count_parameters(model) / 1e6:.1f}M parameters "
+          f"({count_parameters(model, trainable=True) / 1e6:.2f}M trained); train examples: "
+          f"{len(blocks['train'])}, val: {len(blocks['val'])} (up to {cfg.block_size} tokens)")
 
     args = TrainingArguments(
         output_dir=str(work_dir(cfg) / "checkpoints"), per_device_train_batch_size=cfg.batch_size,
@@ -99,14 +111,15 @@ def train(cfg: TrainConfig) -> Path:
         eval_steps=cfg.eval_every, save_steps=cfg.eval_every, save_total_limit=2,
         logging_steps=max(1, min(50, cfg.eval_every // 5)), bf16=use_bf16(cfg.precision),
         seed=cfg.seed, report_to="none", dataloader_num_workers=0, remove_unused_columns=False,
-        torch_compile=False, use_cpu=not cuda,
+        torch_compile=False, use_cpu=not cuda, include_num_input_tokens_seen=True,
     )
     eval_rows = len(blocks["val"]) if not cfg.eval_batches else cfg.eval_batches * cfg.batch_size
     clock = WallClock(cfg.max_minutes)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95),
+    trained = [p for p in model.parameters() if p.requires_grad]  # LoRA: the adapters only
+    optimizer = torch.optim.AdamW(trained, lr=cfg.lr, betas=(0.9, 0.95),
                                   weight_decay=cfg.weight_decay, fused=cuda)
     trainer = Trainer(
-        model=model, args=args, data_collator=collate, train_dataset=blocks["train"],
+        model=model, args=args, data_collator=collator, train_dataset=blocks["train"],
         eval_dataset=blocks["val"].select(range(min(eval_rows, len(blocks["val"])))),
         callbacks=[clock], optimizers=(optimizer, cosine_schedule(optimizer, cfg, clock)),
     )

@@ -1,0 +1,107 @@
+"""Fine-tuning a chat base with LoRA on stories (training/sft.py, the `smollm2` preset's path), the
+packaged base's checks (backstory/base.py) and the distillation gates (training/distill.py)."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from test_training import train_cli
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from backstory import base
+from backstory.config import Settings
+from backstory.engine import Engine
+from backstory.schemas import BackstoryRequest
+from training.__main__ import parse_args
+from training.config import validate
+from training.sft import IGNORE, encode
+
+STORY = "{name} rode out at dawn. The king had fallen, and {name} swore to find the witch."
+
+
+def write_rows(path: Path, n: int) -> Path:
+    rows = [{"name": f"Aldric {i}", "description": "A knight of the northern marches.",
+             "story": STORY.format(name=f"Aldric {i}")} for i in range(n)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def adapter(tiny_model, tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("lora")
+    out = tmp / "adapter"
+    data = write_rows(tmp / "d.jsonl", 40)
+    r = train_cli("--base_model", str(tiny_model), "--sft_data", str(data),
+                  "--lora_r", "4", "--lr", "1e-2", "--max_steps", "6", "--batch_size", "4",
+                  "--eval_every", "3", "--block_size", "256", "--output_dir", str(out))
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out
+
+
+@pytest.mark.slow
+def test_lora_run_writes_a_small_adapter_the_engine_merges(adapter, tiny_model):
+    assert (adapter / "adapter_config.json").is_file()
+    assert (adapter / "adapter_model.safetensors").is_file()
+    assert not (adapter / "model.safetensors").exists()  # the base does not ship with it
+    metrics = json.loads((adapter / "metrics.json").read_text())
+    assert 0 < metrics["trained_parameters"] < metrics["parameters"] / 2
+    assert metrics["train_examples"] == 38 and metrics["tokens_seen"] > 0
+    assert "LoRA" in (adapter / "README.md").read_text()
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(tiny_model)  # the name given, not a cache
+
+    engine = Engine(Settings(model=str(adapter), device="cpu"))
+    plain = AutoModelForCausalLM.from_pretrained(tiny_model)
+    merged, original = engine.model.state_dict(), plain.state_dict()
+    assert not any(k.startswith("base_model") or "lora" in k for k in merged)  # plain llama
+    assert any(not torch.equal(merged[k], original[k]) for k in original)  # the update is in
+    (g,) = engine.generate([BackstoryRequest(name="Mira", description="A smith.", seed=3,
+                                             max_new_tokens=8, min_new_tokens=8)])
+    assert g.tokens == 8 and g.backstory.startswith("Mira")
+
+
+def test_labels_cover_the_story_and_end_of_turn_only(tiny_model):
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    row = {"name": "Aldric", "description": "A knight.", "story": "Aldric rode out at dawn."}
+    out = encode(row, tok, block_size=1024)
+    labelled = [t for t in out["labels"] if t != IGNORE]
+    assert out["labels"][0] == IGNORE and labelled[-1] == tok.eos_token_id
+    assert tok.decode(labelled[:-1]) == row["story"]
+    assert out["input_ids"][-len(labelled):] == labelled
+    assert "Description: A knight." in tok.decode(out["input_ids"][: -len(labelled)])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rows,message", [(5, "at least 20"), (0, "lacks the column")])
+def test_bad_fine_tuning_data_is_a_clear_error(rows, message, tiny_model, tmp_path):
+    path = write_rows(tmp_path / "d.jsonl", rows) if rows else tmp_path / "d.jsonl"
+    if not rows:
+        path.write_text(json.dumps({"name": "A", "text": "b"}) + "\n")
+    r = train_cli("--base_model", str(tiny_model), "--sft_data", str(path), "--lora_r", "4",
+                  "--output_dir", str(tmp_path / "m"), timeout=120)
+    assert r.returncode == 2 and message in r.stderr
+
+
+def test_smollm2_preset_is_lora_on_the_packaged_base():
+    cfg = parse_args(["--preset", "smollm2"])
+    validate(cfg)
+    assert cfg.base_model == base.PACKAGED_BASE and cfg.lora_r > 0 and cfg.sft_data
+    assert Path(cfg.sft_data).is_file()  # the distilled data is committed
+    with pytest.raises(ValueError, match="lora_r needs a base_model"):
+        validate(parse_args(["--lora_r", "8"]))
+
+
+def test_packaged_base_with_the_wrong_checksum_is_refused(tmp_path):
+    fake = tmp_path / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    fake.write_bytes(b"GGUF not really")
+    with pytest.raises(base.BaseModelError, match="sha256"):
+        base.convert(fake, tmp_path / "out")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+
+
+def test_packaged_base_is_converted_once():
+    folder = base.ensure_base()  # `make test` converted it; this must not convert again
+    assert (folder / "config.json").is_file() and "sha256" in (folder / "SOURCE.md").read_text()
+    assert "quantization_config" not in json.loads((folder / "config.json").read_text())
+    assert base.sha256(base.gguf_path()) == base.GGUF_SHA256

@@ -1,0 +1,62 @@
+"""Supervised fine-tuning data: (name, description, story) rows as the served chat prompt -> story.
+
+The loss is on the story and its end-of-turn token only, not on the prompt: the model is to learn
+to write stories, not to predict our instruction. The prompt is built by the serving code
+(backstory.text.build_prompt), so training and serving cannot drift apart.
+"""
+
+import datasets
+import torch
+
+from backstory.text import build_prompt
+from training.config import TrainConfig
+
+IGNORE = -100  # label of tokens that carry no loss (the prompt, the padding)
+VAL_EVERY = 20  # every 20th row is held out for validation
+
+
+def load_rows(path: str) -> datasets.DatasetDict:
+    rows = datasets.load_dataset("json", data_files=path, split="train")
+    missing = {"name", "description", "story"} - set(rows.column_names)
+    if missing:
+        raise ValueError(f"{path} lacks the column(s) {', '.join(sorted(missing))}")
+    if len(rows) < VAL_EVERY:
+        raise ValueError(f"{path} has {len(rows)} rows; fine-tuning needs at least {VAL_EVERY}")
+    val = list(range(VAL_EVERY - 1, len(rows), VAL_EVERY))
+    train = sorted(set(range(len(rows))) - set(val))
+    return datasets.DatasetDict(train=rows.select(train), val=rows.select(val))
+
+
+def encode(row: dict, tokenizer, block_size: int) -> dict:
+    """input_ids of prompt + story + end of turn; labels mask the prompt. Cut to block_size."""
+    prompt = build_prompt(row["name"], row["description"], opener=False, tokenizer=tokenizer,
+                          instruction="short")
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    story_ids = tokenizer(row["story"], add_special_tokens=False)["input_ids"]
+    ids = (prompt_ids + story_ids + [tokenizer.eos_token_id])[:block_size]
+    labels = ([IGNORE] * len(prompt_ids) + story_ids + [tokenizer.eos_token_id])[:block_size]
+    return {"input_ids": ids, "labels": labels}
+
+
+def sft_dataset(cfg: TrainConfig, tokenizer) -> datasets.DatasetDict:
+    rows = load_rows(cfg.sft_data)
+    return rows.map(encode, fn_kwargs={"tokenizer": tokenizer, "block_size": cfg.block_size},
+                    remove_columns=rows["train"].column_names, desc="encoding")
+
+
+class PadCollator:
+    """Right-pads a batch; padding is masked out of attention and loss."""
+
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def __call__(self, rows: list[dict]) -> dict:
+        width = max(len(r["input_ids"]) for r in rows)
+
+        def pad(key: str, value: int) -> torch.Tensor:
+            return torch.tensor([list(r[key]) + [value] * (width - len(r[key])) for r in rows])
+
+        ids = pad("input_ids", self.pad_id)
+        mask = torch.tensor([[1] * len(r["input_ids"]) + [0] * (width - len(r["input_ids"]))
+                             for r in rows])
+        return {"input_ids": ids, "attention_mask": mask, "labels": pad("labels", IGNORE)}
