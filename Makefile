@@ -59,8 +59,9 @@ eval: $(VENV)/.dev $(BASE)  ## the default model against the zero-shot base (tra
 bench: $(VENV)/.dev $(BASE)  ## serving benchmark against the naive baseline -> BENCHMARKS.md
 	$(BIN)/python -m bench
 
-build: $(BASE)  ## the Bento (bentofile.yaml); containerize needs a Docker engine
-	$(BIN)/bentoml build
+build: $(BASE)  ## the Bento (bentofile.yaml) with the merged model; containerize needs Docker
+	$(BIN)/python -m backstory.store
+	BACKSTORY_MODEL=backstory-model:latest $(BIN)/bentoml build
 
 clean:
 	rm -rf .cache runs .pytest_cache .ruff_cache

@@ -17,6 +17,7 @@ from bentoml.exceptions import ServiceUnavailable
 
 from backstory.config import get_settings
 from backstory.schemas import BackstoryRequest, Generation
+from backstory.store import is_store_tag
 from gateway.app import app as gateway_app
 from gateway.client import ModelClient
 
@@ -33,6 +34,10 @@ settings = get_settings()
 )
 class Backstory:
     """The model: adaptive batches for whole backstories, continuous batching for streams."""
+
+    if is_store_tag(settings.model):
+        # A model-store tag is declared, so `bentoml build` packs the model into the Bento.
+        bento_model = bentoml.models.BentoModel(settings.model)
 
     def __init__(self) -> None:
         self.engine = None
