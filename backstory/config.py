@@ -39,10 +39,12 @@ class Settings(BaseSettings):
     # Generation defaults and limits
     max_new_tokens: int = Field(200, ge=1, description="Default length of a backstory in tokens.")
     max_new_tokens_limit: int = Field(400, ge=1, description="Largest max_new_tokens accepted.")
-    temperature: float = Field(0.8, gt=0, le=2, description="Default sampling temperature.")
+    temperature: float = Field(0.7, gt=0, le=2, description="Default sampling temperature.")
     top_p: float = Field(0.95, gt=0, le=1, description="Default nucleus sampling mass.")
     top_k: int = Field(50, ge=0, description="Default top-k (0 = off).")
-    repetition_penalty: float = Field(1.44, ge=1, le=2, description="Default repetition penalty.")
+    # 1.1: the 135M base writes run-on word salad at the 1.44 the old 7M model needed (the
+    # penalty also hits punctuation and the prompt's words).
+    repetition_penalty: float = Field(1.1, ge=1, le=2, description="Default repetition penalty.")
     no_repeat_ngram_size: int = Field(0, ge=0, le=10, description="Ban repeated n-grams (0 = off).")
     opener: bool = Field(True, description="Start each story with the character's name.")
     restate: bool = Field(False, description="Open with the description as a sentence.")

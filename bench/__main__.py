@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
 
             model = make_tiny_model(Path(tmp) / "tiny-model")
         model = Path(model).resolve()
-        if not (model / "config.json").exists():
+        if not any((model / f).exists() for f in ("config.json", "adapter_config.json")):
             log(f"no model at {model} (train one first, or pass --model DIR)")
             return 2
         command = shlex.join(["python", "-m", "bench", *(sys.argv[1:] if argv is None else argv)])

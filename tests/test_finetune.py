@@ -105,3 +105,27 @@ def test_packaged_base_is_converted_once():
     assert (folder / "config.json").is_file() and "sha256" in (folder / "SOURCE.md").read_text()
     assert "quantization_config" not in json.loads((folder / "config.json").read_text())
     assert base.sha256(base.gguf_path()) == base.GGUF_SHA256
+
+
+RIVER = ("{a} was born where the mountains weep into the valley. The first people heard her "
+         "crying in the dark before there was any sea, and they were afraid of the sound. "
+         "Her tears ran down the stone for a thousand years and filled the low places of the "
+         "world, and so the first sea was made of sorrow. Fishermen still leave salt and bread "
+         "on the shore for her, asking for calm water. {b} remembers every one of them, and "
+         "on stormy nights {c} still weeps for the children the river took from their mothers.")
+
+
+def test_distillation_keeps_only_stories_that_pass_every_gate():
+    from training.distill import score
+    from training.evaluate import embed
+
+    vec = embed(["A river spirit whose tears became the first sea."])[0]
+    good = RIVER.format(a="Rivashpell", b="Rivashpell", c="Rivashpell")
+    ok, relevance, mentions = score(good, "Rivashpell", vec)
+    assert ok and relevance > 0.25 and mentions == 2  # sentences naming her
+    assert not score("Sure! Here is the backstory you asked for. " + good, "Rivashpell", vec)[0]
+    assert not score(RIVER.format(a="Rivashpell", b="She", c="she"), "Rivashpell", vec)[0]
+    assert not score(good[: good.index("Her tears")], "Rivashpell", vec)[0]  # too short
+    off_topic = ("Rivashpell flew cargo between the moons of Jupiter for a mining company. "
+                 * 8).strip()
+    assert not score(off_topic, "Rivashpell", vec)[0]  # loops, and about something else

@@ -74,7 +74,9 @@ def load_prompts(path: Path = PROMPTS, limit: int | None = None) -> list[Prompt]
              if line.strip() and not line.startswith("#")]
     prompts = [Prompt(r["name"], r["description"], r["category"])
                for r in csv.DictReader(lines, delimiter="\t", quoting=csv.QUOTE_NONE)]
-    return prompts[:limit] if limit else prompts
+    if not limit or limit >= len(prompts):
+        return prompts
+    return [prompts[i * len(prompts) // limit] for i in range(limit)]  # every category
 
 
 def parse_overrides(items: list[str]) -> dict[str, str]:
@@ -138,7 +140,8 @@ def generate(engine: Engine, prompts: list[Prompt], seeds: int, batch_size: int)
         batch = jobs[start : start + batch_size]
         gens = engine.generate([BackstoryRequest(name=p.name, description=p.description, seed=s)
                                 for _, p, s in batch])
-        out += [{"prompt": i, "name": p.name, "category": p.category, "seed": s,
+        out += [{"prompt": i, "name": p.name, "description": p.description,
+                 "category": p.category, "seed": s,
                  "tokens": g.tokens, "backstory": g.backstory}
                 for (i, p, s), g in zip(batch, gens, strict=True)]
     return out
@@ -284,15 +287,31 @@ def comparison_table(results: list[tuple[str, dict]], label_header: str = "run")
                       _row("human reference", results[0][1]["reference"])])
 
 
-def compare_markdown(results: list[tuple[str, dict]]) -> str:
+def compare_markdown(results: list[tuple[str, dict]], samples: int = 3) -> str:
+    """The variants' table, which model each ran, and the same prompts' stories side by side."""
     first = results[0][1]
-    p = first["perplexity"]
-    head = ["# Settings compared", "", f"Model {first['model']}, held-out perplexity "
-            f"{p['perplexity']:.2f}; base settings: " + ", ".join(
+    head = ["# Variants compared", "", f"{first['prompts']} prompts x {first['seeds']} seed(s), "
+            "the same seeds for every variant. Settings of the first: " + ", ".join(
                 f"{k}={v}" for k, v in first["settings"].items() if k != "model"), ""]
+    head += [f"- {label}: `{r['model']}`, held-out perplexity {r['perplexity']['perplexity']:.2f}"
+             for label, r in results] + [""]
     note = ["", LEGEND, "", REFERENCE_NOTE.format(whose="first variant's",
                                                   headed=first["reference"].get("headed", 0))]
-    return "\n".join([*head, comparison_table(results, "variant"), *note]) + "\n"
+    return "\n".join([*head, comparison_table(results, "variant"), *note,
+                      *side_by_side(results, samples)]) + "\n"
+
+
+def side_by_side(results: list[tuple[str, dict]], n: int) -> list[str]:
+    """n prompts spread over the set, each with every variant's story (same seed)."""
+    rows = results[0][1]["samples"]
+    out = ["", "## Samples", ""]
+    for i in (k * len(rows) // n for k in range(min(n, len(rows)))):
+        x = rows[i]
+        out += [f"### {x['name']} (seed {x['seed']})", "", f"*{x['description']}*", ""]
+        for label, r in results:
+            story = " ".join(r["samples"][i]["backstory"].split()) or "(empty)"
+            out += [f"- **{label}**: {story}", ""]
+    return out
 
 
 def write(result: dict, out_dir: Path, stem: str = "eval") -> None:
@@ -311,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="Override a served setting (Settings field), e.g. temperature=0.7.")
     ap.add_argument("--seeds", type=int, default=1, help="Seeds per prompt.")
-    ap.add_argument("--limit", type=int, help="Use only the first N prompts.")
+    ap.add_argument("--limit", type=int, help="Use N prompts, spread evenly over the file.")
     ap.add_argument("--batch-size", type=int, default=16, help="Prompts per generate() call.")
     ap.add_argument("--prompts", type=Path, default=PROMPTS, help="Prompt TSV file.")
     ap.add_argument("--compare", nargs="+", metavar="VARIANT",
