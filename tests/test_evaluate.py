@@ -101,3 +101,13 @@ def test_comparison_table_rows_and_reference():
 def test_bad_setting_is_an_error(tiny_model, tmp_path, capsys):
     assert evaluate.main(["--model", str(tiny_model), "--set", "colour=red"]) == 2
     assert "colour" in capsys.readouterr().err
+
+
+def test_card_evaluation_section_is_replaced_not_appended():
+    from training.card import EVALUATION, with_evaluation
+
+    report = "# Variants compared\n\n| variant |\n\n## Samples\n\n### Kay (seed 1)\n\n- **a**: x\n"
+    once = with_evaluation("# Card\n\ntext\n", report)
+    assert once.count(EVALUATION) == 1 and "### Samples" in once and "#### Kay" in once
+    assert with_evaluation(once, report.replace(": x", ": y")).count(EVALUATION) == 1
+    assert ": y" in with_evaluation(once, report.replace(": x", ": y"))

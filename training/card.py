@@ -117,3 +117,15 @@ def render_card(metrics: dict) -> str:
     fields.update(samples=samples, data=json.dumps([d.split("/corpus/")[-1] for d in cfg["data"]]),
                   exclude=", ".join(cfg["exclude"]) or "nothing")
     return (FINETUNE_CARD if cfg.get("sft_data") else CARD).format(**fields)
+
+
+EVALUATION = "## Evaluation against the zero-shot base"
+
+
+def with_evaluation(card: str, compare_md: str) -> str:
+    """The card with its evaluation section (always last) replaced by the latest comparison
+    (`python -m training.evaluate --compare`, written into the model folder)."""
+    head = card.split(EVALUATION)[0].rstrip()
+    body = compare_md.split("\n", 1)[1].replace("\n## Samples", "\n### Samples")
+    body = body.replace("\n### ", "\n#### ").replace("\n#### Samples", "\n### Samples")
+    return f"{head}\n\n{EVALUATION}\n{body}"

@@ -30,6 +30,7 @@ from backstory.engine import Engine
 from backstory.schemas import BackstoryRequest
 from backstory.text import normalize
 from training import metrics
+from training.card import with_evaluation
 from training.cli import run_cli
 from training.config import TrainConfig
 from training.data import load_passages, tokenize_and_group
@@ -362,6 +363,9 @@ def run(args: argparse.Namespace) -> None:
     (out_dir / "compare.json").write_text(json.dumps(dict(results), indent=2,
                                                      ensure_ascii=False) + "\n")
     (out_dir / "compare.md").write_text(compare_markdown(results))
+    card = out_dir / "README.md"
+    if card.exists():  # a model folder: its card shows the latest comparison
+        card.write_text(with_evaluation(card.read_text(), compare_markdown(results)))
     print(compare_markdown(results))
 
 
