@@ -10,7 +10,7 @@ the stories where the base did not do it.
 
 Resumable: finished characters are appended to the JSONL file as they come, and a rerun skips them.
 
-    python -m training.distill --n 400 --out training/data/backstories.jsonl
+    python -m training.distill            # 360 characters x 2 candidates, about 45 min on 2 cores
 """
 
 import argparse
@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m training.distill", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n", type=int, default=400, help="Training characters.")
+    ap.add_argument("--n", type=int, default=360, help="Training characters.")
     ap.add_argument("--candidates", type=int, default=2, help="Stories per character.")
     ap.add_argument("--model", default=PACKAGED_BASE, help="The teacher.")
     ap.add_argument("--max-new-tokens", type=int, default=200)
