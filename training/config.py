@@ -79,7 +79,7 @@ PRESETS: dict[str, dict] = {
     # minutes on 2 CPU cores (25 s a step; the schedule ends with the budget), a minute on a GPU.
     "smollm2": dict(base_model="smollm2-135m-instruct", sft_data="training/data/backstories.jsonl",
                     lora_r=16, lora_alpha=32, lr=3e-4, block_size=384, batch_size=8,
-                    warmup_steps=5, max_steps=54, max_minutes=16, eval_every=18,
+                    warmup_steps=10, max_steps=54, max_minutes=16, eval_every=18,
                     eval_batches=0, weight_decay=0.0, dropout=0.0, output_dir="runs/smollm2"),
     "gpu": dict(block_size=512, n_layer=6, n_embd=384, n_head=6, batch_size=64, lr=1e-3,
                 warmup_steps=200, max_steps=100_000, max_minutes=5, eval_every=500,
