@@ -6,7 +6,7 @@ plain transformers folder, goes into the model store under a tag. service.py dec
 (BACKSTORY_MODEL) as the model service's model, `bentoml build` packs it into the Bento, and the
 Bento serves it by tag (bentofile.yaml sets BACKSTORY_MODEL). `make build` does all of it.
 
-    python -m backstory.store                       # models/backstory -> backstory-model:<digest>
+    python -m backstory.store                 # the served default -> backstory-model:<digest>
 """
 
 import argparse
@@ -72,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(prog="python -m backstory.store", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=DEFAULT_MODEL, help="Model or adapter folder.")
+    ap.add_argument("--model", default=DEFAULT_MODEL, help="Model, adapter folder or the "
+                    "packaged base's name.")
     ap.add_argument("--base", default="", help="Base of an adapter (default: the one it names).")
     ap.add_argument("--name", default=NAME, help="Model name in the store.")
     args = ap.parse_args(argv)

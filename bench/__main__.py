@@ -1,6 +1,6 @@
 """Serving benchmark: ours (bentoml serve) against the naive baseline, on this machine.
 
-    python -m bench                      # full run on models/backstory -> BENCHMARKS.md
+    python -m bench                      # full run on the served default -> BENCHMARKS.md
     python -m bench --quick --out /tmp/bq/BENCHMARKS.md   # smoke test on a tiny random model
     python -m bench --levels 1,8,32 --requests-per-level 16 --repeats 3 --soak 1000
 
@@ -19,17 +19,19 @@ from pathlib import Path
 
 import torch
 
+from backstory.config import DEFAULT_MODEL
+from backstory.engine import resolve_model
 from bench.servers import ROOT
 from bench.session import run_session
 
 DEFAULT_OUT = ROOT / "BENCHMARKS.md"
-DEFAULT_MODEL = ROOT / "models" / "backstory"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny model, levels 1,4, 32 tokens")
-    p.add_argument("--model", type=Path, help=f"HF model folder (default {DEFAULT_MODEL})")
+    p.add_argument("--model", type=Path, help="HF model or adapter folder (default: the served "
+                   "default, the packaged base)")
     p.add_argument("--levels", help="concurrency levels, e.g. 1,8,32")
     p.add_argument("--requests-per-level", type=int, help="at least 2 x clients are sent")
     p.add_argument("--repeats", type=int, help="alternating ours/baseline repeats per level")
@@ -77,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     cfg = settings(args)
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
-        model = args.model or (None if args.quick else DEFAULT_MODEL)
+        model = args.model or (None if args.quick else resolve_model(DEFAULT_MODEL))
         if model is None:
             from tests.conftest import make_tiny_model  # the test suite's random GPT-2
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from transformers import CompileConfig, GenerationConfig
 
-from backstory.config import Settings
+from backstory.config import DEFAULT_MODEL, Settings
 from backstory.engine import Engine
 from backstory.schemas import BackstoryRequest
 from bench.machine import describe, markdown
@@ -125,7 +125,7 @@ def measure(run: Run, requests: list[BackstoryRequest], new_tokens: int, repeats
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.levers", description=__doc__.splitlines()[0])
-    p.add_argument("--model", default=str(ROOT / "models" / "backstory"))
+    p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--batches", default="1,8,32")
     p.add_argument("--new-tokens", type=int, default=200)
     p.add_argument("--levers", help="comma-separated subset (default: all)")

@@ -18,6 +18,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from backstory.config import DEFAULT_MODEL
 from bench import load
 from bench.machine import describe, markdown
 from bench.servers import ROOT, bentoml_serve
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clients", default="32", help="comma-separated levels, e.g. 1,32")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--new-tokens", type=int, default=200)
-    p.add_argument("--model", default=str(ROOT / "models" / "backstory"))
+    p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--out", type=Path, help="report (default bench/sweep-<setting>.md)")
     args = p.parse_args(argv)
     machine = describe()

