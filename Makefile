@@ -30,7 +30,7 @@ $(VENV)/.dev: requirements-dev.txt $(VENV)/.runtime
 	$(BIN)/pip install -q -r requirements-dev.txt
 	touch $@
 
-serve: $(BASE)  ## the web UI and API on http://$(HOST):$(PORT), default model
+serve: $(BASE)  ## the web UI and API on http://$(HOST):$(PORT), default model (BACKSTORY_MODEL)
 	$(BIN)/bentoml serve service:Gateway --host $(HOST) --port $(PORT)
 
 test: $(VENV)/.dev $(BASE)  ## lint, then the whole suite (unit, real servers, browser, training, bench)
@@ -43,7 +43,7 @@ lint: $(VENV)/.dev
 distill: $(VENV)/.dev $(BASE)  ## the fine-tuning data: stories by the base, kept where they score well
 	$(BIN)/python -m training.distill
 
-train: $(BASE)  ## fine-tune the default model (LoRA on the base; about 20 minutes on 2 cores)
+train: $(BASE)  ## our LoRA fine-tune of the base (about 16 minutes on 2 cores)
 	$(BIN)/python -m training --preset smollm2 --output_dir runs/smollm2
 
 train-scratch: $(VENV)/.runtime  ## the old from-scratch GPT-2 on the corpus (about an hour)
@@ -52,7 +52,7 @@ train-scratch: $(VENV)/.runtime  ## the old from-scratch GPT-2 on the corpus (ab
 train-gpu: $(VENV)/.runtime  ## the from-scratch `gpu` preset (about 5 minutes on one H100/H200)
 	$(BIN)/python -m training --preset gpu --output_dir runs/gpu
 
-eval: $(VENV)/.dev $(BASE)  ## the default model against the zero-shot base (training/evaluate.py)
+eval: $(VENV)/.dev $(BASE)  ## our fine-tune against the zero-shot base (training/evaluate.py)
 	$(BIN)/python -m training.evaluate --model models/backstory --compare \
 	    "model=smollm2-135m-instruct,instruction=guided" "model=models/backstory"
 
