@@ -54,7 +54,7 @@ train-gpu: $(VENV)/.runtime  ## the from-scratch `gpu` preset (about 5 minutes o
 
 eval: $(VENV)/.dev $(BASE)  ## our fine-tune against the zero-shot base (training/evaluate.py)
 	$(BIN)/python -m training.evaluate --model models/backstory --compare \
-	    "model=smollm2-135m-instruct,instruction=guided" "model=models/backstory"
+	    "model=smollm2-135m-instruct,instruction=short" "model=models/backstory"
 
 bench: $(VENV)/.dev $(BASE)  ## serving benchmark against the naive baseline -> BENCHMARKS.md
 	$(BIN)/python -m bench
