@@ -8,6 +8,7 @@ The decorators carry the operational settings; their values come from backstory.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 from collections.abc import AsyncGenerator
@@ -26,14 +27,16 @@ settings = get_settings()
 
 @bentoml.service(
     name="backstory-model",
-    traffic={"timeout": settings.timeout_s, "max_concurrency": settings.max_concurrency},
+    # The gateway admits max_concurrency rows (429 beyond, gateway/client.py); the headroom here
+    # is for /status's info calls and clients of this service itself.
+    traffic={"timeout": settings.timeout_s, "max_concurrency": settings.max_concurrency + 8},
     # What a scheduler (BentoCloud, Kubernetes) reserves; the CUDA Bento is built with
     # BACKSTORY_GPUS=1 so the model service lands on a GPU node (see bentofile.cuda.yaml).
     resources={"cpu": "2", "memory": "2Gi", **({"gpu": settings.gpus} if settings.gpus else {})},
     workers=1,
 )
 class Backstory:
-    """The model: adaptive batches for whole backstories, continuous batching for streams."""
+    """The model: one continuous-batching scheduler for whole backstories and streams alike."""
 
     if is_store_tag(settings.model):
         # A model-store tag is declared, so `bentoml build` packs the model into the Bento.
@@ -47,14 +50,15 @@ class Backstory:
 
     def _load(self) -> None:
         from backstory.engine import Engine
-        from backstory.streaming import StreamBatcher
+        from backstory.scheduler import Scheduler
 
         try:
             engine = Engine(settings)
         except Exception as e:  # a bad model path must show in /status and logs, not hang
             self.error = f"model {settings.model!r} failed to load: {e}"
             raise
-        self.streams = StreamBatcher(engine, settings.max_batch_size, settings.batch_wait_ms)
+        self.scheduler = Scheduler(engine, settings.max_batch_size, settings.batch_wait_ms,
+                                   settings.prefill_tokens)
         self.engine = engine
 
     def __is_ready__(self) -> bool:
@@ -65,17 +69,19 @@ class Backstory:
             raise ServiceUnavailable(self.error or "the model is still loading")
         return self.engine
 
-    @bentoml.api(batchable=True, max_batch_size=settings.max_batch_size,
-                 max_latency_ms=settings.max_latency_ms)
-    def generate(self, requests: list[BackstoryRequest]) -> list[Generation]:
-        """Whole backstories. BentoML merges concurrent calls into one batch (one generate())."""
-        return self._ready_engine().generate(requests)
+    @bentoml.api
+    async def generate(self, requests: list[BackstoryRequest]) -> list[Generation]:
+        """Whole backstories: each request joins the running batch at the next step. Not
+        BentoML's adaptive batching, whose latency model refused bursts with 503s and whose
+        batches ran to the end before the next began (backstory/scheduler.py)."""
+        self._ready_engine()
+        return list(await asyncio.gather(*(self.scheduler.complete(r) for r in requests)))
 
     @bentoml.api
     async def stream(self, request: BackstoryRequest) -> AsyncGenerator[str, None]:
         """A backstory as it is generated: JSON lines {"text": ...}, then {"result": {...}}."""
         self._ready_engine()
-        async for kind, value in self.streams.submit(request):
+        async for kind, value in self.scheduler.submit(request):
             payload = {"text": value} if kind == "text" else {"result": value.model_dump()}
             yield json.dumps(payload) + "\n"
 
@@ -86,7 +92,7 @@ class Backstory:
             "model": engine.name, "device": str(engine.device), "parameters": engine.parameters,
             "dtype": str(engine.model.dtype).removeprefix("torch."),
             "context": engine.context, "max_batch_size": settings.max_batch_size,
-            "max_latency_ms": settings.max_latency_ms, "batch_wait_ms": settings.batch_wait_ms,
+            "batch_wait_ms": settings.batch_wait_ms, "prefill_tokens": settings.prefill_tokens,
             "max_concurrency": settings.max_concurrency, "in_flight": engine.in_flight,
             "threads": engine.threads,
             "generated_tokens": engine.generated_tokens,

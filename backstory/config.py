@@ -35,9 +35,13 @@ class Settings(BaseSettings):
         "auto", description="Weights and compute; auto = bfloat16 on CUDA, float32 on CPU.")
     threads: int = Field(0, ge=0, description="torch CPU threads; 0 = all cores.")
     gpus: int = Field(0, ge=0, le=8, description="GPUs the model service asks its scheduler for.")
-    max_batch_size: int = Field(32, ge=1, le=256, description="Adaptive batching: rows per batch.")
-    max_latency_ms: int = Field(60_000, ge=10, description="Adaptive batching: latency budget.")
-    batch_wait_ms: int = Field(10, ge=0, description="Stream batcher: wait for more rows.")
+    max_batch_size: int = Field(32, ge=1, le=256, description="Rows in the running batch; more "
+                                "requests wait for a free row.")
+    batch_wait_ms: int = Field(10, ge=0, description="An idle scheduler waits this long for more "
+                               "rows before its first step.")
+    prefill_tokens: int = Field(2048, ge=1, description="Prompt tokens one step prefills for "
+                                "joining rows (at least one row): bounds the stall of the "
+                                "running rows.")
     max_concurrency: int = Field(64, ge=1, description="Requests one model replica admits.")
     timeout_s: int = Field(120, ge=1, description="Traffic timeout of each service.")
 

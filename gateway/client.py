@@ -8,7 +8,8 @@ the HTTP status the gateway answers with. Tests replace the client factory at th
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from functools import cache
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -51,12 +52,35 @@ def translate(e: Exception) -> ModelError:
     return ModelError(502, "the model service failed to generate")
 
 
+class Admission:
+    """The rows this gateway has in the model service, at most `limit` (max_concurrency): a
+    burst over it is refused here, at once, with 429. Not left to the model service's own limit
+    alone: it answers 429 before reading the request body, and the depends proxy's connection,
+    still writing the body, sees a reset (a 503 after a retry, in a burst of 200: issue 10)."""
+
+    def __init__(self, limit: int):
+        self.limit, self.used = limit, 0  # one event loop per gateway worker: no lock needed
+
+    @contextmanager
+    def rows(self, n: int) -> Iterator[None]:
+        if self.used + n > self.limit:
+            raise ModelError(429, f"the model service is busy ({self.limit} rows in flight); "
+                             "retry shortly", retry_after=1)
+        self.used += n
+        try:
+            yield
+        finally:
+            self.used -= n
+
+
 class ModelClient:
-    def __init__(self, factory: Callable[[], Any], timeout_s: float | None = None):
+    def __init__(self, factory: Callable[[], Any], timeout_s: float | None = None,
+                 max_rows: int | None = None):
         self.factory = factory  # returns the async BentoML client, looked up per call
-        # A call the depends proxy loses (issue 10: one request in 500 under a burst got no
-        # answer) ends as a 504 at the service's own timeout instead of hanging its client.
+        # A call the depends proxy loses ends as a 504 at the service's own timeout instead of
+        # hanging its client: one deadline for the call, its retry included.
         self.timeout_s = timeout_s or get_settings().timeout_s
+        self.admission = Admission(max_rows or get_settings().max_concurrency)
 
     async def _client(self) -> Any:
         try:
@@ -66,26 +90,42 @@ class ModelClient:
             raise translate(e) from e
 
     async def generate(self, request: BackstoryRequest) -> Generation:
-        import aiohttp
+        (result,) = await self.generate_many([request])
+        return result
 
-        client = await self._client()
-        for attempt in (1, 2):
+    async def generate_many(self, requests: list[BackstoryRequest]) -> list[Generation]:
+        """Whole stories; several rows (candidates, a roster) go in one call of the model
+        service, so that they join its batch together, each with its own settings and seed."""
+        with self.admission.rows(len(requests)):
+            client = await self._client()
+            payload = [r.model_dump() for r in requests]
             try:
-                (result,) = await asyncio.wait_for(
-                    client.generate(requests=[request.model_dump()]), self.timeout_s)
-                break
-            except aiohttp.ClientConnectionError as e:
-                # BentoML 1.4's depends proxy recycles its HTTP session every 100 requests and
-                # drops the connections in flight on it (ServerDisconnected, "Cannot write to
-                # closing transport"). generate() has no side effects: send it once more.
-                if attempt == 2 or isinstance(e, aiohttp.ServerTimeoutError):
-                    raise translate(e) from e
+                results = await asyncio.wait_for(self._call(client, payload), self.timeout_s)
             except Exception as e:
                 raise translate(e) from e
-        return result if isinstance(result, Generation) else Generation.model_validate(result)
+        return [r if isinstance(r, Generation) else Generation.model_validate(r) for r in results]
+
+    @staticmethod
+    async def _call(client: Any, payload: list[dict]) -> list:
+        import aiohttp
+
+        try:
+            return await client.generate(requests=payload)
+        except aiohttp.ClientConnectionError as e:
+            # BentoML 1.4's depends proxy recycles its HTTP session every 100 requests and
+            # drops the connections in flight on it (ServerDisconnected, "Cannot write to
+            # closing transport"). generate() has no side effects: send it once more.
+            if isinstance(e, aiohttp.ServerTimeoutError):
+                raise
+            return await client.generate(requests=payload)
 
     async def stream(self, request: BackstoryRequest) -> AsyncIterator[dict]:
         """Yields {"text": str} pieces, then {"result": {...}}."""
+        with self.admission.rows(1):
+            async for item in self._stream(request):
+                yield item
+
+    async def _stream(self, request: BackstoryRequest) -> AsyncIterator[dict]:
         client = await self._client()
         buffer, chunks, url = "", None, getattr(client, "url", None)
         try:

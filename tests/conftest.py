@@ -64,6 +64,5 @@ def tiny_model(tmp_path_factory) -> Path:
 def server(tiny_model, tmp_path_factory) -> Iterator[str]:
     """The whole stack (`bentoml serve service:Gateway`) on the tiny model; yields its URL."""
     log = tmp_path_factory.mktemp("logs") / "bentoml-serve.log"
-    with bentoml_serve(str(tiny_model), log_path=log,
-                       env={"BACKSTORY_MAX_LATENCY_MS": "20000"}) as url:
+    with bentoml_serve(str(tiny_model), log_path=log) as url:
         yield url

@@ -188,8 +188,7 @@ def test_fits_a_phone_screen(browser, server):
 
 @pytest.fixture(scope="module")
 def keyed_server(tiny_model) -> Iterator[str]:
-    with bentoml_serve(str(tiny_model), env={"BACKSTORY_API_KEY": API_KEY,
-                                             "BACKSTORY_MAX_LATENCY_MS": "20000"}) as url:
+    with bentoml_serve(str(tiny_model), env={"BACKSTORY_API_KEY": API_KEY}) as url:
         yield url
 
 

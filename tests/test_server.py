@@ -3,6 +3,7 @@
 import asyncio
 import re
 import subprocess
+import time
 
 import httpx
 import pytest
@@ -61,15 +62,16 @@ def test_bad_input_is_422_json(server, params, field):
     assert r.status_code == 422 and r.json()["detail"][0]["field"] == field
 
 
-def batch_metrics(server: str) -> tuple[float, float]:
-    """(batches, rows) of the generate API, from BentoML's Prometheus metrics."""
+def scrape(server: str) -> dict[str, float]:
+    """Our serving metrics from /metrics (the whole stack's, summed over workers), by series:
+    `name` or `name{labels}`."""
     text = httpx.get(f"{server}/metrics", timeout=30).text
-    values = {}
-    for kind in ("count", "sum"):  # summed over workers (one line each)
-        found = re.findall(rf'^bentoml_service_adaptive_batch_size_{kind}{{[^}}]*'
-                           rf'method_name="generate"[^}}]*}} ([0-9.e+]+)$', text, flags=re.M)
-        values[kind] = sum(float(v) for v in found)
-    return values["count"], values["sum"]
+    values: dict[str, float] = {}
+    for name, labels, value in re.findall(r"^(backstory_\w+)(\{[^}]*\})? ([0-9.e+-]+)$", text,
+                                          flags=re.M):
+        key = name + (labels if "finished_reason" in labels else "")
+        values[key] = values.get(key, 0.0) + float(value)
+    return values
 
 
 async def fire(server: str, n: int, **fields) -> list[dict]:
@@ -81,18 +83,53 @@ async def fire(server: str, n: int, **fields) -> list[dict]:
     return [r.json() for r in responses]
 
 
-def test_adaptive_batching_batches_and_keeps_seeded_output(server):
-    before = batch_metrics(server)
+def test_concurrent_requests_share_decode_steps_and_keep_seeded_output(server):
+    before = scrape(server)
     results = await_(fire(server, 16, max_new_tokens=48, min_new_tokens=48))
-    after = batch_metrics(server)
-    batches, rows = after[0] - before[0], after[1] - before[1]
-    # rows can exceed 16 by a retried request (see gateway/client.py: the proxy drops some).
-    assert rows >= 16 and batches < 16, (batches, rows, before, after)
+    after = scrape(server)
+    steps = after["backstory_batch_size_count"] - before["backstory_batch_size_count"]
+    rows = after["backstory_batch_size_sum"] - before["backstory_batch_size_sum"]
+    assert rows >= 16 * 48 and steps < 16 * 48 / 2, (steps, rows)  # > 2 rows per step
     # A row of a batch gets exactly what it gets alone.
     alone = httpx.post(f"{server}/api/generate", timeout=60, json={
         "name": "Hero 5", "description": "A wanderer.", "seed": 5, "max_new_tokens": 48,
         "min_new_tokens": 48}).json()
     assert alone["backstory"] == results[5]["backstory"]
+
+
+def test_serving_metrics_after_real_traffic(server):
+    """TTFT, TPOT, latency, queue time, tokens, rows and finish reasons, in /metrics, named as
+    vLLM names them (backstory/telemetry.py)."""
+    from backstory.telemetry import METRIC_NAMES
+
+    before = scrape(server)
+    await_(fire(server, 4, max_new_tokens=20, min_new_tokens=20))
+    with httpx.stream("GET", f"{server}/api/stream", timeout=60, params={
+            "name": "Gone", "description": "Leaves.", "max_new_tokens": 400,
+            "min_new_tokens": 400}) as r:
+        lines = r.iter_lines()
+        assert [next(lines) for _ in range(9)].count("event: token") == 3  # opener + 2 tokens
+    # ... and it left: a cancelled row
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and scrape(server).get(
+            'backstory_request_success_total{finished_reason="cancelled"}', 0) == before.get(
+            'backstory_request_success_total{finished_reason="cancelled"}', 0):
+        time.sleep(0.2)
+    after = scrape(server)
+    for name in METRIC_NAMES:
+        assert any(k.startswith(name) for k in after), name
+
+    def grew(key: str) -> float:
+        return after.get(key, 0) - before.get(key, 0)
+
+    assert grew('backstory_request_success_total{finished_reason="length"}') == 4
+    assert grew('backstory_request_success_total{finished_reason="cancelled"}') == 1
+    assert grew("backstory_generation_tokens_total") >= 80
+    assert grew("backstory_prompt_tokens_total") > 0
+    for hist in ("time_to_first_token", "e2e_request_latency", "request_queue_time"):
+        assert grew(f"backstory_{hist}_seconds_count") == 5, hist
+    assert grew("backstory_time_per_output_token_seconds_count") >= 4  # rows of 2+ tokens
+    assert after["backstory_num_requests_running"] == 0
 
 
 def await_(coro):

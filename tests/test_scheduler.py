@@ -1,4 +1,4 @@
-"""Continuous batching of streams (backstory/streaming.py) on the tiny model, in process.
+"""The continuous-batching scheduler (backstory/scheduler.py) on the tiny model, in process.
 
 A stream that joins a running batch must get exactly the story it gets alone (and the same as the
 REST route's generate()), start before the running rows finish, and leave nothing behind."""
@@ -10,8 +10,8 @@ import pytest
 
 from backstory.config import Settings
 from backstory.engine import Engine
+from backstory.scheduler import Scheduler
 from backstory.schemas import BackstoryRequest as Request
-from backstory.streaming import StreamBatcher
 from backstory.text import clean_backstory
 
 REQUESTS = [
@@ -29,7 +29,7 @@ def engine(tiny_model):
     return Engine(Settings(model=str(tiny_model), threads=1))
 
 
-async def consume(batcher: StreamBatcher, request: Request, delay: float = 0.0
+async def consume(batcher: Scheduler, request: Request, delay: float = 0.0
                   ) -> tuple[str, object]:
     await asyncio.sleep(delay)
     pieces, result = [], None
@@ -46,7 +46,7 @@ def run(coro):
 
 
 def test_joining_rows_get_their_own_story_alone_or_together(engine):
-    batcher = StreamBatcher(engine, max_batch=8, wait_ms=0)
+    batcher = Scheduler(engine, max_batch=8, wait_ms=0)
     alone = [run(consume(batcher, r)) for r in REQUESTS]
 
     async def together():  # the second and third join while the first is running
@@ -63,7 +63,7 @@ def test_joining_rows_get_their_own_story_alone_or_together(engine):
 
 
 def test_a_joining_stream_finishes_before_the_running_one(engine):
-    batcher = StreamBatcher(engine, max_batch=8, wait_ms=0)
+    batcher = Scheduler(engine, max_batch=8, wait_ms=0)
     long = Request(name="Long", description="A slow teller.", seed=4, min_new_tokens=400,
                    max_new_tokens=400)
     late = Request(name="Late", description="A latecomer.", seed=5, min_new_tokens=5,
@@ -91,7 +91,7 @@ def test_a_joining_stream_finishes_before_the_running_one(engine):
 
 
 def test_a_full_batch_queues_the_rest(engine):
-    batcher = StreamBatcher(engine, max_batch=2, wait_ms=0)
+    batcher = Scheduler(engine, max_batch=2, wait_ms=0)
 
     async def many():
         return await asyncio.gather(*(consume(batcher, r) for r in REQUESTS * 2))
@@ -102,7 +102,7 @@ def test_a_full_batch_queues_the_rest(engine):
 
 
 def test_a_client_that_leaves_frees_its_row(engine):
-    batcher = StreamBatcher(engine, max_batch=8, wait_ms=0)
+    batcher = Scheduler(engine, max_batch=8, wait_ms=0)
     before = engine.generated_tokens
 
     async def leave_early():

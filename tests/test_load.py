@@ -1,0 +1,107 @@
+"""Load against real servers on 127.0.0.1: overload is refused at once with 429, a burst within
+max_concurrency is served, nothing hangs. Every load is bounded in count and time."""
+
+import asyncio
+import time
+
+import httpx
+import pytest
+
+from bench.servers import bentoml_serve
+
+pytestmark = pytest.mark.slow
+FIELDS = {"name": "Ember", "description": "A dragon under the mountain."}
+
+
+@pytest.fixture(scope="module")
+def small_server(tiny_model):
+    """A model service that admits 4 requests at once: the rest must get 429 at once."""
+    # A 30 s timeout: a request the stack loses must come back as a 504 well before the
+    # clients give up (120 s), so "nothing stuck" is checked, not raced.
+    env = {"BACKSTORY_MAX_CONCURRENCY": "4", "BACKSTORY_TIMEOUT_S": "30"}
+    with bentoml_serve(str(tiny_model), env=env) as url:
+        yield url
+
+
+async def load(url: str, n: int, concurrency: int, **fields) -> list[tuple[int, float, dict]]:
+    """n requests from `concurrency` clients; (status, seconds, headers) each."""
+    queue: asyncio.Queue = asyncio.Queue()
+    for i in range(n):
+        queue.put_nowait(i)
+    out = []
+
+    async def client(c: httpx.AsyncClient):
+        while not queue.empty():
+            i = queue.get_nowait()
+            started = time.perf_counter()
+            r = await c.post(f"{url}/api/generate", json={**FIELDS, "seed": i, **fields})
+            assert r.headers["content-type"].startswith("application/json")
+            out.append((r.status_code, time.perf_counter() - started, dict(r.headers)))
+
+    limits = httpx.Limits(max_connections=concurrency)
+    async with httpx.AsyncClient(timeout=120, limits=limits) as c:
+        await asyncio.wait_for(asyncio.gather(*[client(c) for _ in range(concurrency)]), 300)
+    return out
+
+
+def test_overload_is_429_with_retry_after_at_once_and_status_answers(small_server):
+    async def scenario():
+        task = asyncio.create_task(load(small_server, 48, 24, max_new_tokens=64,
+                                        min_new_tokens=64))
+        await asyncio.sleep(1.0)
+        async with httpx.AsyncClient(timeout=10) as c:  # health keeps answering under load
+            for path in ("/status", "/livez", "/readyz"):
+                assert (await c.get(f"{small_server}{path}")).status_code == 200
+        return await task
+
+    results = asyncio.run(scenario())
+    statuses = [s for s, _, _ in results]
+    assert set(statuses) <= {200, 429} and 200 in statuses and 429 in statuses
+    refused = [(t, h) for s, t, h in results if s == 429]
+    assert all(int(h["retry-after"]) > 0 for _, h in refused)
+    assert sorted(t for t, _ in refused)[len(refused) // 2] < 2.0  # refused at once, not queued
+
+
+def test_load_500_requests_64_clients_all_answered_nothing_stuck(small_server):
+    results = asyncio.run(load(small_server, 500, 64, max_new_tokens=8))
+    assert len(results) == 500
+    statuses = [s for s, _, _ in results]
+    assert set(statuses) <= {200, 429} and statuses.count(200) > 0  # every one answered, no 5xx
+    deadline = time.monotonic() + 30
+    while httpx.get(f"{small_server}/status", timeout=10).json()["in_flight"] and (
+            time.monotonic() < deadline):
+        time.sleep(0.5)
+    assert httpx.get(f"{small_server}/status", timeout=10).json()["in_flight"] == 0
+
+
+def test_a_burst_is_served_up_to_max_concurrency_and_the_rest_refused_at_once(tiny_model):
+    """200 requests at once against max_concurrency 64: each one admitted answers 200 (no
+    latency model may turn them into 503s), each other one gets 429 + Retry-After within a
+    second, and /status answers throughout."""
+    async def burst(url: str) -> tuple[list, list]:
+        async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=256)) as c:
+            async def one(i: int):
+                started = time.perf_counter()
+                r = await c.post(f"{url}/api/generate", json={
+                    **FIELDS, "seed": i, "max_new_tokens": 48, "min_new_tokens": 48})
+                return r.status_code, time.perf_counter() - started, r.headers
+
+            async def watch():
+                seen = []
+                for _ in range(10):
+                    await asyncio.sleep(0.3)
+                    seen.append((await c.get(f"{url}/status", timeout=10)).status_code)
+                return seen
+
+            *results, health = await asyncio.wait_for(
+                asyncio.gather(*(one(i) for i in range(200)), watch()), 300)
+            return results, health
+
+    with bentoml_serve(str(tiny_model), env={"BACKSTORY_MAX_CONCURRENCY": "64"}) as url:
+        results, health = asyncio.run(burst(url))
+    statuses = [s for s, _, _ in results]
+    assert set(statuses) <= {200, 429}, sorted(set(statuses))
+    assert statuses.count(200) >= 64 and set(health) == {200}
+    refused = sorted(seconds for status, seconds, _ in results if status == 429)
+    assert all(int(h["retry-after"]) > 0 for status, _, h in results if status == 429)
+    assert refused and refused[len(refused) // 2] < 1.0  # refused at once, not queued
