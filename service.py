@@ -29,7 +29,10 @@ settings = get_settings()
     name="backstory-model",
     # The gateway admits max_concurrency rows (429 beyond, gateway/client.py); the headroom here
     # is for /status's info calls and clients of this service itself.
-    traffic={"timeout": settings.timeout_s, "max_concurrency": settings.max_concurrency + 8},
+    # concurrency: the load BentoCloud's autoscaler keeps each replica at, 3/4 of a full batch
+    # (the Kubernetes HPA's target on backstory_num_requests_running, deploy/k8s).
+    traffic={"timeout": settings.timeout_s, "max_concurrency": settings.max_concurrency + 8,
+             "concurrency": max(1, 3 * settings.max_batch_size // 4)},
     # What a scheduler (BentoCloud, Kubernetes) reserves; the CUDA Bento is built with
     # BACKSTORY_GPUS=1 so the model service lands on a GPU node (see bentofile.cuda.yaml).
     resources={"cpu": "2", "memory": "2Gi", **({"gpu": settings.gpus} if settings.gpus else {})},
