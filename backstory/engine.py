@@ -20,7 +20,7 @@ from transformers import (
 from backstory.base import PACKAGED_BASE, ensure_base
 from backstory.config import Settings
 from backstory.sampling import RowSampler, RowSettings
-from backstory.schemas import BackstoryRequest, Generation
+from backstory.schemas import BackstoryRequest, Controls, Generation
 from backstory.text import build_prompt, clean_backstory, find_stop, opening
 
 StepCallback = Callable[[list[int]], None]  # called with each step's new token of every row
@@ -103,10 +103,11 @@ def load_model(path: str, device: torch.device, dtype: str = "auto", base: str =
 
 
 def prompt_text(tokenizer: PreTrainedTokenizerBase, settings: Settings, name: str,
-                description: str) -> str:
-    """The served prompt (text.build_prompt with the served settings)."""
+                description: str, controls: Controls | None = None) -> str:
+    """The served prompt (text.build_prompt with the served settings and the request's
+    controls: genre, tone, length, point of view, setting, structure)."""
     return build_prompt(name, description, settings.opener, settings.restate, tokenizer,
-                        settings.instruction)
+                        settings.instruction, controls)
 
 
 def context_length(model: PreTrainedModel) -> int:
@@ -147,7 +148,7 @@ class Engine:
     def opener(self, request: BackstoryRequest) -> str:
         """The part of the prompt that is already the story (see text.build_prompt)."""
         return opening(request.name, request.description, self.settings.opener,
-                       self.settings.restate)
+                       self.settings.restate, request)
 
     def row_settings(self, r: BackstoryRequest) -> RowSettings:
         s = self.settings
@@ -164,7 +165,7 @@ class Engine:
                ) -> dict[str, torch.Tensor]:
         """The requests' prompts as one left-padded batch (input_ids, attention_mask) on the
         device, cut to the model's context; each row's lengths are cut to what context is left."""
-        prompts = [prompt_text(self.tokenizer, self.settings, r.name, r.description)
+        prompts = [prompt_text(self.tokenizer, self.settings, r.name, r.description, r)
                    for r in requests]
         enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
         enc = {k: v[:, -self.context + 1:].to(self.device) for k, v in enc.items()}

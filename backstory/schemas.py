@@ -4,11 +4,12 @@
 Limits come from Settings, so an operator changes them in one place (see the README's table).
 """
 
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field, model_validator
 
 from backstory.config import get_settings
+from backstory.controls import GENRES, LENGTHS, POVS, SECTIONS, STRUCTURES, TONES
 from backstory.text import CONTROL_CHARS, has_control_chars
 
 _s = get_settings()
@@ -45,9 +46,59 @@ class Options(BaseModel):
     seed: int | None = Field(None, ge=0, le=2**32 - 1, description="Same seed, same story.")
 
 
-class BackstoryRequest(Options):
+# The enums come from backstory/controls.py, where their prompt text lives.
+Genre = Literal[tuple(GENRES)]
+Tone = Literal[tuple(TONES)]
+LengthName = Literal[tuple(LENGTHS)]
+Section = Literal[tuple(SECTIONS)]
+Setting = Annotated[str, Field(max_length=_s.setting_max_chars, pattern=TEXT_PATTERN),
+                    AfterValidator(_clean_text)]
+Context = Annotated[str, Field(max_length=_s.section_max_chars), AfterValidator(str.strip)]
+
+
+class Steering(BaseModel):
+    """How the story is steered, through the prompt. Each left out (null) adds nothing: the
+    story is the one the same request always got."""
+
+    genre: Genre | None = Field(None, examples=["sci-fi"], description="One of: "
+                                + ", ".join(GENRES) + ".")
+    tone: Tone | None = Field(None, examples=["grim"], description="One of: "
+                              + ", ".join(TONES) + ".")
+    length: LengthName | None = Field(None, examples=["short"], description=(
+        "short / standard / long: a token budget (" + " / ".join(
+            str(v.tokens) for v in LENGTHS.values()) + ") unless max_new_tokens is given, "
+        "and for short and long a line in the prompt. standard is the default."))
+    pov: Literal[POVS] | None = Field(None, examples=["first"], description=(
+        "Point of view: third or first person (the story then opens \"My name is ...\")."))
+    setting: Setting | None = Field(None, examples=[
+        "The Vess Empire, a desert theocracy ruled by blind priests."],
+        description="The world the story must stay within, like a lorebook entry.")
+    structure: Literal[STRUCTURES] | None = Field(None, examples=["sections"], description=(
+        "prose (default) or sections: headed sections (" + ", ".join(SECTIONS.values())
+        + "), also returned split in `sections`."))
+
+
+class Controls(Steering):
+    """Steering, and what a re-roll adds (set by POST /api/reroll; other routes ignore them)."""
+
+    section: Section | None = Field(None, description=(
+        "Re-roll (POST /api/reroll): the one section to write again."))
+    context: dict[Section, Context] | None = Field(None, description=(
+        "Re-roll: the story's sections, kept as context for the new one."))
+
+
+class BackstoryRequest(Options, Controls):
     name: Name
     description: Description
+
+    @model_validator(mode="after")
+    def _length_budget(self) -> "BackstoryRequest":
+        """A named length sets the token budget, unless the request gives its own; five
+        sections need the long budget when no length is named."""
+        if self.max_new_tokens is None and (self.length or self.structure == "sections"):
+            tokens = LENGTHS[self.length or "long"].tokens
+            self.max_new_tokens = min(tokens, _s.max_new_tokens_limit)
+        return self
 
 
 class Generation(BaseModel):
@@ -57,12 +108,22 @@ class Generation(BaseModel):
     tokens: int = Field(description="Tokens generated.")
     seed: int
     model: str
+    sections: dict[Section, str] | None = Field(None, description=(
+        "structure=sections: each section's text; \"\" where the model left it out."))
 
 
-class BackstoryResponse(Generation):
+class Story(Generation, Steering):
+    """One story as the API returns it: the result, the character, the controls it was
+    steered with (those set), and the time the request took."""
+
     name: str
     description: str
     seconds: float = Field(description="Wall time of the request in the gateway.")
+
+
+class BackstoryResponse(Story):
+    candidates: list[Story] | None = Field(None, description=(
+        "n > 1: every candidate (seeds seed, seed+1, ...); the fields above are the first's."))
 
 
 class FieldError(BaseModel):

@@ -19,6 +19,12 @@ A model trained from scratch (GPT-2, `--preset`) learns the plain header format:
 
 import re
 import unicodedata
+from typing import TYPE_CHECKING
+
+from backstory import controls as steer
+
+if TYPE_CHECKING:
+    from backstory.schemas import Controls
 
 EOS = "<|endoftext|>"
 HEADER = "Name: {name}\nDescription: {description}\n\n"
@@ -52,14 +58,18 @@ def header(name: str, description: str) -> str:
     return HEADER.format(name=normalize(name), description=normalize(description))
 
 
-def opening(name: str, description: str, opener: bool = True, restate: bool = False) -> str:
+def opening(name: str, description: str, opener: bool = True, restate: bool = False,
+            controls: "Controls | None" = None) -> str:
     """The start of the story, written for the model: the character's name (anchors the model
     on the character from its first token), and with `restate` a description that is a noun
     phrase ("An empire of androids...") turned into the first sentence ("Kaylon was an empire
-    of androids..."), which keeps the story on the description."""
+    of androids..."), which keeps the story on the description. First person and sections mode
+    have their own opening (controls.opening)."""
     if not opener:
         return ""
     name, description = normalize(name), normalize(description)
+    if controls is not None and (controls.pov == "first" or controls.structure == "sections"):
+        return steer.opening(controls, name)
     first = description.split(" ", 1)[0].lower()
     if restate and first in ("a", "an", "the") and " " in description:
         sentence = f"{name} was {description[0].lower()}{description[1:]}"
@@ -80,21 +90,29 @@ INSTRUCTIONS = {
 }
 
 
-def chat_messages(name: str, description: str, instruction: str = "short") -> list[dict]:
+def chat_messages(name: str, description: str, instruction: str = "short",
+                  controls: "Controls | None" = None) -> list[dict]:
+    """The system and user turns; the controls' sentences follow the instruction, and a
+    re-rolled section's story so far follows the character."""
     name, description = normalize(name), normalize(description)
-    ask = INSTRUCTIONS[instruction].format(name=name)
-    return [{"role": "system", "content": SYSTEM},
-            {"role": "user", "content": f"{ask}\n\nName: {name}\nDescription: {description}"}]
+    ask = " ".join([INSTRUCTIONS[instruction].format(name=name),
+                    *(steer.asks(controls, name) if controls else [])])
+    context = steer.context_block(controls) if controls else ""
+    return [{"role": "system", "content": steer.system(SYSTEM, controls)},
+            {"role": "user",
+             "content": f"{ask}\n\nName: {name}\nDescription: {description}{context}"}]
 
 
 def build_prompt(name: str, description: str, opener: bool = True, restate: bool = False,
-                 tokenizer=None, instruction: str = "short") -> str:
+                 tokenizer=None, instruction: str = "short",
+                 controls: "Controls | None" = None) -> str:
     """The prompt for one backstory, ending with the story's opening: the tokenizer's chat
-    template where it has one, else the training format's header."""
-    start = opening(name, description, opener, restate)
+    template where it has one, else the training format's header (which has no place for the
+    controls: a model trained from scratch never saw them)."""
+    start = opening(name, description, opener, restate, controls)
     if tokenizer is not None and getattr(tokenizer, "chat_template", None):
-        chat = tokenizer.apply_chat_template(chat_messages(name, description, instruction),
-                                             tokenize=False, add_generation_prompt=True)
+        messages = chat_messages(name, description, instruction, controls)
+        chat = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return chat + start
     return EOS + header(name, description) + start
 

@@ -4,6 +4,7 @@ Mounted by service.py's Gateway (one `bentoml serve`), or standalone against a m
     BACKSTORY_MODEL_URL=http://127.0.0.1:3001 uvicorn gateway.app:app
 """
 
+import json
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -18,12 +19,15 @@ from fastapi.templating import Jinja2Templates
 from fastapi_offline import FastAPIOffline
 
 import backstory
-from backstory.config import get_settings
+from backstory.controls import GENRES, SECTIONS, TONES
 from backstory.schemas import BackstoryRequest, BackstoryResponse, ErrorResponse, Generation
+from gateway import extras
 from gateway.client import ModelError
 from gateway.deps import Body, Client, SettingsDep
 from gateway.errors import install_error_handlers
 from gateway.middleware import DOCS_ASSETS, install_middleware
+from gateway.shapes import GenerateRequest
+from gateway.stories import respond
 
 UI = Path(__file__).resolve().parent.parent / "ui"
 
@@ -36,23 +40,17 @@ app.mount("/static", StaticFiles(directory=UI / "static"), name="static")
 templates = Jinja2Templates(directory=UI / "templates")
 install_error_handlers(app)
 install_middleware(app)
-
-
-def respond(http: Request, request: BackstoryRequest, result: Generation, started: float
-            ) -> BackstoryResponse:
-    """The response, and what the access log line needs (tokens; text only if configured)."""
-    http.state.tokens = result.tokens
-    if get_settings().log_text:
-        http.state.text = {"name": request.name, "description": request.description}
-    return BackstoryResponse(**result.model_dump(), name=request.name,
-                             description=request.description,
-                             seconds=round(time.perf_counter() - started, 3))
+app.include_router(extras.router)
 
 
 @app.get("/", response_class=HTMLResponse, include_in_schema=False)
 async def index(request: Request, settings: SettingsDep):
     return templates.TemplateResponse(request, "index.html", {
         "name_max": settings.name_max_chars, "description_max": settings.description_max_chars,
+        "setting_max": settings.setting_max_chars,
+        "genre_options": [(g, g.capitalize()) for g in GENRES],
+        "tone_options": [(t, t.capitalize()) for t in TONES],
+        "sections_json": json.dumps(SECTIONS),
         "version": backstory.__version__})
 
 
@@ -77,26 +75,26 @@ def form_schema(schema: dict) -> dict:
     return {**schema, "properties": {k: not_null(v) for k, v in schema["properties"].items()}}
 
 
-JSON_SCHEMA = BackstoryRequest.model_json_schema()
+JSON_SCHEMA = GenerateRequest.model_json_schema()
 BODY_DOC = {"requestBody": {"required": True, "content": {
     t: {"schema": JSON_SCHEMA if t == "application/json" else form_schema(JSON_SCHEMA)}
     for t in BODY_TYPES}}}
 
 
 @app.post("/api/generate", response_model=BackstoryResponse, openapi_extra=BODY_DOC,
-          responses=ERRORS)
+          responses=ERRORS, response_model_exclude_none=True)
 async def generate(http: Request, body: Body, client: Client) -> BackstoryResponse:
-    """A backstory from form fields (`name`, `description`) or the same fields as JSON."""
-    started = time.perf_counter()
-    return respond(http, body, await client.generate(body), started)
+    """A backstory from form fields (`name`, `description`) or the same fields as JSON, steered
+    by the optional controls; `n` (up to 4) candidates to pick among."""
+    return await extras.generate_candidates(http, body, client)
 
 
-@app.get("/generate", response_model=BackstoryResponse, responses=STREAM_ERRORS)
-async def generate_get(http: Request, query: Annotated[BackstoryRequest, Query()],
+@app.get("/generate", response_model=BackstoryResponse, responses=STREAM_ERRORS,
+         response_model_exclude_none=True)
+async def generate_get(http: Request, query: Annotated[GenerateRequest, Query()],
                        client: Client) -> BackstoryResponse:
     """The same as POST /api/generate, from query parameters."""
-    started = time.perf_counter()
-    return respond(http, query, await client.generate(query), started)
+    return await extras.generate_candidates(http, query, client)
 
 
 @app.get("/api/stream", response_class=EventSourceResponse, responses=STREAM_ERRORS)
@@ -115,7 +113,7 @@ async def stream(http: Request, query: Annotated[BackstoryRequest, Query()], cli
                 yield ServerSentEvent(event="token", data={"text": item["text"]})
             else:
                 result = respond(http, query, Generation.model_validate(item["result"]), started)
-                yield ServerSentEvent(event="done", data=result.model_dump())
+                yield ServerSentEvent(event="done", data=result.model_dump(exclude_none=True))
     except ModelError as e:  # headers are already sent: the error travels as an event
         yield ServerSentEvent(event="error", data={"error": e.message, "status": e.status})
 

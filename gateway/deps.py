@@ -6,8 +6,8 @@ from fastapi import Depends, HTTPException, Request
 from pydantic import ValidationError
 
 from backstory.config import Settings, get_settings
-from backstory.schemas import BackstoryRequest
 from gateway.client import ModelClient
+from gateway.shapes import GenerateRequest
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
@@ -35,7 +35,7 @@ def standalone_client(settings: Settings) -> ModelClient:
     return ModelClient(factory)
 
 
-async def parse_body(request: Request) -> BackstoryRequest:
+async def parse_body(request: Request) -> GenerateRequest:
     """The request from a JSON body or from form fields (urlencoded or multipart)."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "application/json":
@@ -52,7 +52,7 @@ async def parse_body(request: Request) -> BackstoryRequest:
     else:
         raise HTTPException(415, "send JSON, form-urlencoded or multipart form data")
     try:
-        return BackstoryRequest.model_validate(data)
+        return GenerateRequest.model_validate(data)
     except ValidationError as e:
         from fastapi.exceptions import RequestValidationError
 
@@ -60,4 +60,4 @@ async def parse_body(request: Request) -> BackstoryRequest:
 
 
 Client = Annotated[ModelClient, Depends(get_client)]
-Body = Annotated[BackstoryRequest, Depends(parse_body)]
+Body = Annotated[GenerateRequest, Depends(parse_body)]
