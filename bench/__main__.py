@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         model = args.model or (None if args.quick else resolve_model(DEFAULT_MODEL))
         if model is None:
-            from tests.conftest import make_tiny_model  # the test suite's random GPT-2
+            from bench.tiny import make_tiny_model  # the test suite's random llama
 
             model = make_tiny_model(Path(tmp) / "tiny-model")
         model = Path(model).resolve()

@@ -1,6 +1,6 @@
 """The web UI in a real browser: Debian's Chromium, headless, driven by Playwright.
 
-The model is the tiny random one from conftest.py, so stories are gibberish; we check behaviour
+The model is the tiny random one from bench/tiny.py, so stories are gibberish; we check behaviour
 (streaming, escaping, errors, regenerate, API key), not prose.
 """
 
