@@ -17,7 +17,7 @@ import bentoml
 from bentoml.exceptions import ServiceUnavailable
 
 from backstory.config import get_settings
-from backstory.schemas import BackstoryRequest, Generation
+from backstory.schemas import BackstoryRequest, Generation, PromptRequest
 from backstory.store import is_store_tag
 from gateway.app import app as gateway_app
 from gateway.client import ModelClient
@@ -83,6 +83,22 @@ class Backstory:
     @bentoml.api
     async def stream(self, request: BackstoryRequest) -> AsyncGenerator[str, None]:
         """A backstory as it is generated: JSON lines {"text": ...}, then {"result": {...}}."""
+        async for line in self._lines(request):
+            yield line
+
+    @bentoml.api
+    async def complete(self, requests: list[PromptRequest]) -> list[Generation]:
+        """Free prompts (the OpenAI-compatible routes), in the same running batch."""
+        self._ready_engine()
+        return list(await asyncio.gather(*(self.scheduler.complete(r) for r in requests)))
+
+    @bentoml.api
+    async def stream_prompt(self, request: PromptRequest) -> AsyncGenerator[str, None]:
+        """A free prompt's text as it is generated, as `stream` sends it."""
+        async for line in self._lines(request):
+            yield line
+
+    async def _lines(self, request: BackstoryRequest | PromptRequest) -> AsyncGenerator[str, None]:
         self._ready_engine()
         async for kind, value in self.scheduler.submit(request):
             payload = {"text": value} if kind == "text" else {"result": value.model_dump()}

@@ -59,6 +59,8 @@ class Settings(BaseSettings):
     restate: bool = Field(False, description="Open with the description as a sentence.")
     name_max_chars: int = Field(80, ge=1, description="Longest accepted name.")
     description_max_chars: int = Field(600, ge=1, description="Longest accepted description.")
+    prompt_max_chars: int = Field(8000, ge=1, description="OpenAI-compatible routes: longest "
+                                  "prompt or chat message.")
     setting_max_chars: int = Field(300, ge=1, description="Longest accepted setting note.")
     section_max_chars: int = Field(1500, ge=1, description="Re-roll: longest section kept.")
 

@@ -5,7 +5,6 @@ Used by the BentoML model service, the training run's sample backstories and the
 
 import random
 import threading
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -19,12 +18,10 @@ from transformers import (
 
 from backstory.base import PACKAGED_BASE, ensure_base
 from backstory.config import Settings
+from backstory.detokenize import Detokenizer, Emit, StepStreamer
 from backstory.sampling import RowSampler, RowSettings
-from backstory.schemas import BackstoryRequest, Controls, Generation
-from backstory.text import build_prompt, clean_backstory, find_stop, opening
-
-StepCallback = Callable[[list[int]], None]  # called with each step's new token of every row
-Emit = Callable[[int, str], None]  # called with (row, new text) as a row's story grows
+from backstory.schemas import BackstoryRequest, Controls, Generation, PromptRequest
+from backstory.text import SPECIAL_STOPS, build_prompt, clean_backstory, find_stop, opening
 
 
 def resolve_model(ref: str) -> str:
@@ -145,12 +142,27 @@ class Engine:
     def first_banned(self) -> torch.Tensor | None:
         return self.word_pieces if self.settings.opener else None
 
-    def opener(self, request: BackstoryRequest) -> str:
+    def opener(self, request: BackstoryRequest | PromptRequest) -> str:
         """The part of the prompt that is already the story (see text.build_prompt)."""
+        if isinstance(request, PromptRequest):
+            return ""
         return opening(request.name, request.description, self.settings.opener,
                        self.settings.restate, request)
 
-    def row_settings(self, r: BackstoryRequest) -> RowSettings:
+    def prompt(self, r: BackstoryRequest | PromptRequest) -> str:
+        """The text the model continues: the served backstory prompt, or a free one (chat
+        messages through the model's chat template, or raw text)."""
+        if not isinstance(r, PromptRequest):
+            return prompt_text(self.tokenizer, self.settings, r.name, r.description, r)
+        if r.prompt is not None:
+            return r.prompt
+        messages = [m.model_dump() for m in r.messages]
+        if not getattr(self.tokenizer, "chat_template", None):  # a plain LM: the turns as text
+            return "\n\n".join(m["content"] for m in messages) + "\n\n"
+        return self.tokenizer.apply_chat_template(messages, tokenize=False,
+                                                  add_generation_prompt=True)
+
+    def row_settings(self, r: BackstoryRequest | PromptRequest) -> RowSettings:
         s = self.settings
         max_new = max(r.max_new_tokens or s.max_new_tokens, r.min_new_tokens)
         return RowSettings(
@@ -159,14 +171,14 @@ class Engine:
             repetition_penalty=r.repetition_penalty or s.repetition_penalty,
             seed=random.getrandbits(32) if r.seed is None else r.seed,
             min_new_tokens=r.min_new_tokens, max_new_tokens=max_new,
+            free=isinstance(r, PromptRequest),
         )
 
     def encode(self, requests: list[BackstoryRequest], rows: list[RowSettings]
                ) -> dict[str, torch.Tensor]:
         """The requests' prompts as one left-padded batch (input_ids, attention_mask) on the
         device, cut to the model's context; each row's lengths are cut to what context is left."""
-        prompts = [prompt_text(self.tokenizer, self.settings, r.name, r.description, r)
-                   for r in requests]
+        prompts = [self.prompt(r) for r in requests]
         enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
         enc = {k: v[:, -self.context + 1:].to(self.device) for k, v in enc.items()}
         budget = max(1, self.context - enc["input_ids"].shape[1])
@@ -193,7 +205,7 @@ class Engine:
         openers = [self.opener(r) for r in requests]
         streamer = None
         if emit:
-            streamer = _StepStreamer(_Detokenizer(self.tokenizer, rows, openers, emit))
+            streamer = StepStreamer(Detokenizer(self.tokenizer, rows, openers, emit))
         self.count(in_flight=len(rows))
         try:
             with self.lock:
@@ -203,6 +215,9 @@ class Engine:
             self.count(in_flight=-len(rows))
         results = [self.result(opener, row, ids) for opener, row, ids in
                    zip(openers, rows, out[:, prompt_len:].tolist())]
+        for g, row, n in zip(results, rows, enc["attention_mask"].sum(dim=1).tolist()):
+            g.finish_reason = "length" if g.tokens >= row.max_new_tokens else "stop"
+            g.prompt_tokens = n
         self.count(tokens=sum(g.tokens for g in results))
         return results
 
@@ -215,61 +230,8 @@ class Engine:
         eos = self.tokenizer.eos_token_id
         ids = ids[: ids.index(eos)] if eos in ids else ids
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
-        return Generation(backstory=clean_backstory(text, opener=opener),
-                          tokens=len(ids), seed=row.seed, model=self.name)
-
-
-class TextStream:
-    """One row's tokens as text deltas: waits out half characters, ends the row (sets its
-    cancel event) at its end-of-text or where the model starts a new header."""
-
-    def __init__(self, tokenizer, row: RowSettings, opener: str, emit: Callable[[str], None]):
-        self.tokenizer, self.row, self.opener, self.emit = tokenizer, row, opener, emit
-        self.ids: list[int] = []
-        self.sent = len(opener)
-        if opener:
-            emit(opener)
-
-    def push(self, token: int) -> None:
-        if self.row.cancelled.is_set() or token == self.tokenizer.eos_token_id:
-            self.row.cancelled.set()  # the row is done either way: nothing more to send
-            return
-        self.ids.append(token)
-        text = self.opener + self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        if text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
-            return
-        stop = find_stop(text)
-        if stop is not None:
-            text = text[:stop]
-            self.row.cancelled.set()
-        if len(text) > self.sent:
-            self.emit(text[self.sent:])
-            self.sent = len(text)
-
-
-class _Detokenizer:
-    """Each step's tokens of a generate() batch to their rows' TextStreams."""
-
-    def __init__(self, tokenizer, rows: list[RowSettings], openers: list[str], emit: Emit):
-        self.streams = [TextStream(tokenizer, row, opener, lambda text, i=i: emit(i, text))
-                        for i, (row, opener) in enumerate(zip(rows, openers))]
-
-    def __call__(self, step_tokens: list[int]) -> None:
-        for stream, token in zip(self.streams, step_tokens):
-            stream.push(token)
-
-
-class _StepStreamer:
-    """transformers streamer protocol: put() gets the prompt once, then each step's tokens."""
-
-    def __init__(self, on_step: StepCallback):
-        self.on_step, self.prompt_seen = on_step, False
-
-    def put(self, value: torch.Tensor) -> None:
-        if not self.prompt_seen:
-            self.prompt_seen = True
-            return
-        self.on_step(value.reshape(-1).tolist())
-
-    def end(self) -> None:
-        pass
+        if row.free:  # what the model wrote, up to the end of its turn, whole characters only
+            text = text[: find_stop(text, SPECIAL_STOPS)].rstrip("\ufffd")
+        else:
+            text = clean_backstory(text, opener=opener)
+        return Generation(backstory=text, tokens=len(ids), seed=row.seed, model=self.name)

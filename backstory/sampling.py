@@ -25,6 +25,9 @@ class RowSettings:
     seed: int
     min_new_tokens: int
     max_new_tokens: int
+    # A free prompt (PromptRequest): its first token may glue onto the prompt's last word, and
+    # its text is returned as generated (no opener, no backstory clean-up).
+    free: bool = False
     # Set when the client has gone: the row ends at the next step and frees its slot.
     cancelled: threading.Event = field(default_factory=threading.Event)
     generator: torch.Generator | None = None  # the row's own random stream, from `seed`
@@ -41,8 +44,10 @@ class RowSampler(LogitsProcessor):
 
     def __init__(self, rows: list[RowSettings], eos_id: int, device,
                  first_banned: torch.Tensor | None = None, prompt_len: int = 0):
-        """`first_banned`: token ids the first new token may not be (see Engine.word_pieces)."""
+        """`first_banned`: token ids the first new token may not be (see Engine.word_pieces),
+        except in rows with a free prompt."""
         self.first_banned = first_banned
+        self.ban_first = [not r.free for r in rows]
         def col(name, dtype=torch.float32):
             values = [getattr(r, name) for r in rows]
             return torch.tensor(values, dtype=dtype, device=device)[:, None]
@@ -68,7 +73,7 @@ class RowSampler(LogitsProcessor):
         """Each row's next token; `steps[i]`: how many tokens row i has generated so far."""
         scores = self._penalise(input_ids, scores.float()) / self.temperature
         for i, step in enumerate(steps):
-            if step == 0 and self.first_banned is not None:
+            if step == 0 and self.first_banned is not None and self.ban_first[i]:
                 scores[i, self.first_banned] = NEG_INF
             if step < self.min_new[i]:
                 scores[i, self.eos_id] = NEG_INF

@@ -24,21 +24,23 @@ from typing import Any
 import torch
 
 from backstory.batch import Batch, merge, positions, select, trim
-from backstory.engine import Engine, TextStream
+from backstory.detokenize import TextStream
+from backstory.engine import Engine
 from backstory.sampling import RowSampler, RowSettings
-from backstory.schemas import BackstoryRequest, Generation
+from backstory.schemas import BackstoryRequest, Generation, PromptRequest
 from backstory.telemetry import Timings, telemetry
 
 
 @dataclass
 class Row:
-    request: BackstoryRequest
+    request: BackstoryRequest | PromptRequest
     settings: RowSettings
     send: Callable[[str, Any], None]  # (kind, value), thread-safe
     streams: bool  # sends its text as it grows (else only the result)
     timings: Timings
     text: TextStream | None = None
     tokens: list[int] = field(default_factory=list)
+    prompt_tokens: int = 0
     done: bool = False  # its result or error has been sent
     left: bool = False  # its caller went away before the end
 
@@ -54,14 +56,14 @@ class Scheduler:
         self.thread: threading.Thread | None = None
         self.metrics = telemetry()
 
-    async def complete(self, request: BackstoryRequest) -> Generation:
+    async def complete(self, request: BackstoryRequest | PromptRequest) -> Generation:
         """The whole story, from the same running batch as the streams."""
         async for kind, value in self.submit(request, stream=False):
             if kind == "result":
                 return value
         raise RuntimeError("the scheduler ended a row without a result")
 
-    async def submit(self, request: BackstoryRequest, stream: bool = True
+    async def submit(self, request: BackstoryRequest | PromptRequest, stream: bool = True
                      ) -> AsyncIterator[tuple[str, Any]]:
         """Yields ("text", str) pieces (if `stream`), then ("result", Generation)."""
         loop, out = asyncio.get_running_loop(), asyncio.Queue()
@@ -143,6 +145,7 @@ class Scheduler:
         for row, n in zip(rows, mask.sum(dim=1).tolist()):
             self.engine.count(in_flight=1)
             self.metrics.admitted(row.timings, now, n)
+            row.prompt_tokens = n
             emit = (lambda text, row=row: row.send("text", text)) if row.streams else _ignore
             row.text = TextStream(engine.tokenizer, row.settings, engine.opener(row.request),
                                   emit)
@@ -200,13 +203,15 @@ class Scheduler:
         row.done = True
         started = row.text is not None
         self.engine.count(in_flight=-1 if started else 0, tokens=len(row.tokens))
-        self.metrics.finish(row.timings, time.monotonic(), len(row.tokens), finish_reason(row,
-                                                                                          error))
+        reason = finish_reason(row, error)
+        self.metrics.finish(row.timings, time.monotonic(), len(row.tokens), reason)
         if error is not None:
             row.send("error", error)
             return
-        opener = row.text.opener if started else ""
-        row.send("result", self.engine.result(opener, row.settings, row.tokens))
+        result = self.engine.result(row.text.opener if started else "", row.settings, row.tokens)
+        result.finish_reason = "length" if reason == "length" else "stop"
+        result.prompt_tokens = row.prompt_tokens
+        row.send("result", result)
 
 
 def finish_reason(row: Row, error: Exception | None) -> str:

@@ -110,6 +110,10 @@ class Generation(BaseModel):
     model: str
     sections: dict[Section, str] | None = Field(None, description=(
         "structure=sections: each section's text; \"\" where the model left it out."))
+    finish_reason: Literal["length", "stop"] | None = Field(None, description=(
+        "length: max_new_tokens ran out (the text is cut to its last sentence); stop: the model "
+        "ended it."))
+    prompt_tokens: int | None = Field(None, description="Tokens in the prompt.")
 
 
 class Story(Generation, Steering):
@@ -136,3 +140,23 @@ class ErrorResponse(BaseModel):
 
     error: str = Field(description="What is wrong, for people.")
     detail: list[FieldError] | None = Field(None, description="Per-field validation errors.")
+
+
+class ChatMessage(BaseModel):
+    role: Literal["system", "user", "assistant"]
+    content: str = Field(max_length=_s.prompt_max_chars)
+
+
+class PromptRequest(Options):
+    """A free prompt (the OpenAI-compatible routes, gateway/openai.py): chat messages, rendered
+    with the model's chat template, or raw text to continue. The model writes what it likes:
+    no opener, no backstory clean-up."""
+
+    messages: list[ChatMessage] | None = Field(None, min_length=1, max_length=64)
+    prompt: str | None = Field(None, min_length=1, max_length=_s.prompt_max_chars)
+
+    @model_validator(mode="after")
+    def _one_of(self) -> "PromptRequest":
+        if (self.messages is None) == (self.prompt is None):
+            raise ValueError("give either messages or prompt")
+        return self

@@ -29,7 +29,8 @@ if TYPE_CHECKING:
 EOS = "<|endoftext|>"
 HEADER = "Name: {name}\nDescription: {description}\n\n"
 # A model that finishes one story may start the next example's header: cut there.
-STOP_MARKERS = ("\nName:", "\nDescription:", EOS, "<|im_end|>", "<|im_start|>")
+SPECIAL_STOPS = (EOS, "<|im_end|>", "<|im_start|>")  # end of a turn, whatever the prompt
+STOP_MARKERS = ("\nName:", "\nDescription:", *SPECIAL_STOPS)
 
 _SPACES = re.compile(r"[ \t\r\f\v]+")
 _PARAGRAPH_BREAKS = re.compile(r"\s*\n\s*\n\s*")
@@ -117,9 +118,9 @@ def build_prompt(name: str, description: str, opener: bool = True, restate: bool
     return EOS + header(name, description) + start
 
 
-def find_stop(text: str) -> int | None:
+def find_stop(text: str, markers: tuple[str, ...] = STOP_MARKERS) -> int | None:
     """Index where generated text stops being the story (the model began a new example)."""
-    hits = [i for i in (text.find(m) for m in STOP_MARKERS) if i >= 0]
+    hits = [i for i in (text.find(m) for m in markers) if i >= 0]
     return min(hits) if hits else None
 
 

@@ -21,11 +21,12 @@ from fastapi_offline import FastAPIOffline
 import backstory
 from backstory.controls import GENRES, SECTIONS, TONES
 from backstory.schemas import BackstoryRequest, BackstoryResponse, ErrorResponse, Generation
-from gateway import extras
+from gateway import extras, openai
 from gateway.client import ModelError
 from gateway.deps import Body, Client, SettingsDep
 from gateway.errors import install_error_handlers
 from gateway.middleware import DOCS_ASSETS, install_middleware
+from gateway.openai import install_openai_errors
 from gateway.shapes import GenerateRequest
 from gateway.stories import respond
 
@@ -41,6 +42,8 @@ templates = Jinja2Templates(directory=UI / "templates")
 install_error_handlers(app)
 install_middleware(app)
 app.include_router(extras.router)
+app.include_router(openai.router)
+install_openai_errors(app)
 
 
 @app.get("/", response_class=HTMLResponse, include_in_schema=False)

@@ -17,7 +17,7 @@ from urllib.parse import unquote, urlparse
 import httpx
 
 from backstory.config import get_settings
-from backstory.schemas import BackstoryRequest, Generation
+from backstory.schemas import BackstoryRequest, Generation, PromptRequest
 
 log = logging.getLogger("backstory.gateway")
 
@@ -93,44 +93,50 @@ class ModelClient:
         (result,) = await self.generate_many([request])
         return result
 
-    async def generate_many(self, requests: list[BackstoryRequest]) -> list[Generation]:
-        """Whole stories; several rows (candidates, a roster) go in one call of the model
-        service, so that they join its batch together, each with its own settings and seed."""
+    async def generate_many(self, requests: list[BackstoryRequest | PromptRequest]
+                            ) -> list[Generation]:
+        """Whole stories (or free prompts' texts); several rows (candidates, a roster) go in
+        one call of the model service, so that they join its batch together, each with its own
+        settings and seed."""
+        endpoint = "complete" if isinstance(requests[0], PromptRequest) else "generate"
         with self.admission.rows(len(requests)):
             client = await self._client()
             payload = [r.model_dump() for r in requests]
             try:
-                results = await asyncio.wait_for(self._call(client, payload), self.timeout_s)
+                results = await asyncio.wait_for(self._call(getattr(client, endpoint), payload),
+                                                 self.timeout_s)
             except Exception as e:
                 raise translate(e) from e
         return [r if isinstance(r, Generation) else Generation.model_validate(r) for r in results]
 
     @staticmethod
-    async def _call(client: Any, payload: list[dict]) -> list:
+    async def _call(endpoint: Callable, payload: list[dict]) -> list:
         import aiohttp
 
         try:
-            return await client.generate(requests=payload)
+            return await endpoint(requests=payload)
         except aiohttp.ClientConnectionError as e:
             # BentoML 1.4's depends proxy recycles its HTTP session every 100 requests and
             # drops the connections in flight on it (ServerDisconnected, "Cannot write to
-            # closing transport"). generate() has no side effects: send it once more.
+            # closing transport"). Generating has no side effects: send it once more.
             if isinstance(e, aiohttp.ServerTimeoutError):
                 raise
-            return await client.generate(requests=payload)
+            return await endpoint(requests=payload)
 
-    async def stream(self, request: BackstoryRequest) -> AsyncIterator[dict]:
+    async def stream(self, request: BackstoryRequest | PromptRequest) -> AsyncIterator[dict]:
         """Yields {"text": str} pieces, then {"result": {...}}."""
         with self.admission.rows(1):
             async for item in self._stream(request):
                 yield item
 
-    async def _stream(self, request: BackstoryRequest) -> AsyncIterator[dict]:
+    async def _stream(self, request: BackstoryRequest | PromptRequest) -> AsyncIterator[dict]:
         client = await self._client()
         buffer, chunks, url = "", None, getattr(client, "url", None)
+        endpoint = "stream_prompt" if isinstance(request, PromptRequest) else "stream"
         try:
             payload = request.model_dump()
-            chunks = raw_stream(url, payload) if url else client.stream(request=payload)
+            chunks = (raw_stream(url, payload, endpoint) if url
+                      else getattr(client, endpoint)(request=payload))
             async for chunk in chunks:
                 buffer += chunk
                 *lines, buffer = buffer.split("\n")
@@ -162,13 +168,13 @@ def http_for(url: str) -> httpx.AsyncClient:
     return httpx.AsyncClient(base_url=base, timeout=httpx.Timeout(None, connect=5))
 
 
-async def raw_stream(url: str, payload: dict) -> AsyncIterator[str]:
+async def raw_stream(url: str, payload: dict, endpoint: str = "stream") -> AsyncIterator[str]:
     """The model service's stream over plain HTTP. Not the BentoML client's stream: that one never
     closes its HTTP response, so a browser that leaves would keep the model writing for nobody.
     Closing this generator closes the connection, and the model service ends the row."""
     from bentoml.exceptions import BentoMLException
 
-    async with http_for(url).stream("POST", "/stream", json={"request": payload}) as resp:
+    async with http_for(url).stream("POST", f"/{endpoint}", json={"request": payload}) as resp:
         if resp.status_code != 200:
             await resp.aread()
             raise BentoMLException(resp.text[:200], error_code=resp.status_code)

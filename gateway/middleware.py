@@ -13,7 +13,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from backstory.config import get_settings
 
 log = logging.getLogger("backstory.access")
-PROTECTED = ("/api/", "/generate")
+PROTECTED = ("/api/", "/generate", "/v1/")
 CSP = (b"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
        b"connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
 # /docs and /redoc start Swagger UI / ReDoc (served from DOCS_ASSETS) with an inline script.
@@ -61,11 +61,11 @@ class GatewayMiddleware:
         try:
             if error := self.refuse(path, headers):
                 status, text = error
-                return await self.reply(send_wrapper, status, text)
+                return await self.reply(send_wrapper, status, text, path)
             await self.app(scope, self.limited(receive), send_wrapper)
         except _TooLarge:
             await self.reply(send_wrapper, 413,
-                             f"request body larger than {self.settings.max_body_bytes} bytes")
+                             f"request body larger than {self.settings.max_body_bytes} bytes", path)
         finally:
             log.info(json.dumps({"request_id": request_id, "method": scope["method"],
                                  "route": path, "status": state["status"],
@@ -98,8 +98,13 @@ class GatewayMiddleware:
         return wrapped
 
     @staticmethod
-    async def reply(send, status: int, text: str) -> None:
-        body = json.dumps({"error": text}).encode()
+    async def reply(send, status: int, text: str, path: str) -> None:
+        if path.startswith("/v1/"):  # the OpenAI-compatible routes answer in OpenAI's shape
+            from gateway.openai import error_body
+
+            body = json.dumps(error_body(status, text)).encode()
+        else:
+            body = json.dumps({"error": text}).encode()
         extra = [(b"www-authenticate", b"Bearer")] if status == 401 else []
         await send({"type": "http.response.start", "status": status, "headers": [
             (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
