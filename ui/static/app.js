@@ -1,4 +1,5 @@
-// Backstory Generator: the page's only script (the CSP forbids inline code).
+// Backstory Generator: the page's main script (the CSP forbids inline code). store.js and
+// render.js load before it, extras.js (export, history, permalink, re-roll) after it.
 // Rule: user and model text only ever reaches the DOM through textContent / text nodes.
 "use strict";
 
@@ -8,28 +9,40 @@
   const els = {
     name: $("name"), description: $("description"), count: $("description-count"),
     length: $("length"), temperature: $("temperature"), seed: $("seed"),
+    genre: $("genre"), tone: $("tone"), pov: $("pov"), structure: $("structure"), n: $("n"),
+    setting: $("setting"), settingCount: $("setting-count"), roster: $("roster"),
+    rosterField: $("roster-field"), modeRoster: $("mode-roster"), tabs: $("tabs"),
+    permalink: $("permalink"), exportTools: $("export"),
     apiKeyField: $("api-key-field"), apiKey: $("api-key"),
     generate: $("generate"), generateLabel: $("generate-label"), stop: $("stop"),
     story: $("story"), meta: $("meta"), regenerate: $("regenerate"), copy: $("copy"),
     error: $("error"), errorText: $("error-text"), errorDismiss: $("error-dismiss"),
     example: $("example"), serverStatus: $("server-status"),
   };
-  const LIMITS = { name: +form.dataset.nameMax, description: +form.dataset.descriptionMax };
+  const LIMITS = { name: +form.dataset.nameMax, description: +form.dataset.descriptionMax,
+                   setting: +form.dataset.settingMax };
+  const ROSTER_MAX = 16;
+  const CONTROLS = ["genre", "tone", "length", "pov", "structure"];  // selects sent as is
   // Mirrors backstory/text.py: C0/C1 controls (tab and newline allowed) and line separators.
   const CONTROL = /[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u2028\u2029]/;
   const KEY_STORE = "backstory-api-key";
+  const HEADINGS = JSON.parse(form.dataset.sections);  // sections mode: key -> heading
   const EXAMPLES = [
     ["Kaylon", "An empire of androids that killed their biological creators."],
     ["Maren Vell", "A lighthouse keeper who bargains with the drowned to keep her island fed."],
     ["Oskar Thrane", "A disgraced royal cartographer who maps places that do not exist yet."],
   ];
   // Server field names (422 detail) -> the control that shows their error.
-  const FIELDS = { name: els.name, description: els.description,
-                   max_new_tokens: els.length, temperature: els.temperature, seed: els.seed };
+  const FIELDS = { name: els.name, description: els.description, length: els.length,
+                   max_new_tokens: els.length, temperature: els.temperature, seed: els.seed,
+                   genre: els.genre, tone: els.tone, pov: els.pov, structure: els.structure,
+                   n: els.n, setting: els.setting, characters: els.roster };
 
   let controller = null;       // AbortController of the generation in flight
   let lastRequest = null;      // inputs of the last generation, for Regenerate
   let storyText = "";          // the story as plain text (what Copy copies)
+  let stories = [];            // the finished stories shown (candidates or a roster: tabs)
+  let current = 0;             // which of them is shown
   let exampleIndex = 0;
 
   // ---------- story rendering ----------
@@ -63,7 +76,8 @@
     storyText = "";
     els.story.replaceChildren();
     els.meta.textContent = "";
-    els.regenerate.hidden = els.copy.hidden = true;
+    els.regenerate.hidden = els.copy.hidden = els.permalink.hidden = true;
+    els.exportTools.hidden = els.tabs.hidden = true;
   }
   function setState(state) {
     els.story.dataset.state = state;
@@ -103,9 +117,36 @@
   // ---------- inputs ----------
 
   function updateCounter() {
-    const used = [...els.description.value].length;
-    els.count.textContent = `${used} / ${LIMITS.description}`;
-    els.count.classList.toggle("near-limit", used > LIMITS.description * 0.9);
+    for (const [input, count, limit] of [[els.description, els.count, LIMITS.description],
+                                         [els.setting, els.settingCount, LIMITS.setting]]) {
+      const used = [...input.value].length;
+      count.textContent = `${used} / ${limit}`;
+      count.classList.toggle("near-limit", used > limit * 0.9);
+    }
+  }
+
+  const rosterMode = () => els.modeRoster.checked;
+
+  // Roster lines "name: description" -> characters, or an error message.
+  function parseRoster(text) {
+    const lines = text.split("\n").map((l) => l.trim()).filter(Boolean);
+    if (!lines.length) return { error: "Enter one character per line: name: description." };
+    if (lines.length > ROSTER_MAX) return { error: `At most ${ROSTER_MAX} characters.` };
+    const characters = [];
+    for (const [i, line] of lines.entries()) {
+      const colon = line.indexOf(":");
+      const name = line.slice(0, colon).trim();
+      const description = line.slice(colon + 1).trim();
+      if (colon < 0 || !name || !description) {
+        return { error: `Line ${i + 1}: write it as name: description.` };
+      }
+      if ([...name].length > LIMITS.name || [...description].length > LIMITS.description
+          || CONTROL.test(line)) {
+        return { error: `Line ${i + 1}: too long, or it has control characters.` };
+      }
+      characters.push({ name, description });
+    }
+    return { characters };
   }
 
   // Client-side checks mirror the server's (required, trimmed, length, no control characters);
@@ -113,7 +154,12 @@
   function readInputs() {
     const errors = {};
     const body = {};
-    for (const field of ["name", "description"]) {
+    if (rosterMode()) {
+      const { characters, error } = parseRoster(els.roster.value);
+      if (error) errors.characters = error;
+      body.characters = characters;
+    }
+    for (const field of rosterMode() ? [] : ["name", "description"]) {
       const raw = FIELDS[field].value;
       const label = field === "name" ? "a name" : "a description";
       if (!raw.trim()) errors[field] = `Please enter ${label}.`;
@@ -122,7 +168,15 @@
       } else if (CONTROL.test(raw)) errors[field] = "Remove the control characters.";
       body[field] = raw.trim();
     }
-    if (els.length.value) body.max_new_tokens = Number(els.length.value);
+    for (const field of CONTROLS) if (FIELDS[field].value) body[field] = FIELDS[field].value;
+    const setting = els.setting.value.trim();
+    if (setting) {
+      if ([...setting].length > LIMITS.setting) {
+        errors.setting = `Keep it under ${LIMITS.setting + 1} characters.`;
+      } else if (CONTROL.test(setting)) errors.setting = "Remove the control characters.";
+      body.setting = setting;
+    }
+    if (!rosterMode() && els.n.value !== "1") body.n = Number(els.n.value);
     if (els.temperature.value) body.temperature = Number(els.temperature.value);
     const seed = els.seed.value.trim();
     if (seed) {
@@ -214,8 +268,8 @@
     throw new HttpError(0, "The connection closed before the story was finished.");
   }
 
-  async function generateOnce(body, signal) {
-    const response = await fetch("/api/generate", {
+  async function postJson(url, body, signal) {
+    const response = await fetch(url, {
       method: "POST", headers: headers({ "Content-Type": "application/json" }),
       body: JSON.stringify(body), signal,
     });
@@ -243,26 +297,37 @@
     setState("streaming");
     setBusy(true, "Summoning…");
     let tokens = 0;
+    // A run replaced by another (or by a story reopened from history) leaves the page alone.
+    const superseded = () => controller?.signal !== signal;
     const onToken = (text) => {
+      if (superseded()) return;
       tokens += 1;
       storyText += text;
       setBusy(true, `Writing… ${tokens} tokens`);
       queueRender();
     };
     try {
-      let result;
-      try {
-        result = await streamStory(body, signal, onToken);
-      } catch (e) {
-        // A network-level failure (not an HTTP answer, not Stop): try once without streaming.
-        if (!(e instanceof TypeError) || signal.aborted) throw e;
-        resetStory();
-        setBusy(true, "Writing…");
-        result = await generateOnce(body, signal);
+      let results;
+      if (body.characters) {  // a roster: one request, written together in one batch
+        setBusy(true, `Writing ${body.characters.length} stories…`);
+        results = (await postJson("/api/roster", body, signal)).stories;
+      } else if (body.n > 1) {  // candidates come whole, side by side as tabs
+        setBusy(true, `Writing ${body.n} candidates…`);
+        results = (await postJson("/api/generate", body, signal)).candidates;
+      } else {
+        try {
+          results = [await streamStory(body, signal, onToken)];
+        } catch (e) {
+          // A network-level failure (not an HTTP answer, not Stop): try once without streaming.
+          if (!(e instanceof TypeError) || signal.aborted) throw e;
+          resetStory();
+          setBusy(true, "Writing…");
+          results = [await postJson("/api/generate", body, signal)];
+        }
       }
-      finish(result);
+      if (!superseded()) finish(results, body);
     } catch (e) {
-      fail(e, signal);
+      if (!superseded()) fail(e, signal);
     } finally {
       if (controller?.signal === signal) {
         controller = null;
@@ -271,23 +336,105 @@
     }
   }
 
-  function finish(result) {
-    storyText = result.backstory;  // the cleaned text replaces the streamed pieces
-    renderStory();
+  // The finished stories (one, n candidates or a roster), each with the request that
+  // regenerates it alone (its permalink: same seed, same story).
+  function finish(results, body, reopened = false) {
+    stories = results.map((story) => ({
+      ...story,
+      request: story.request || window.Backstory.requestOf({
+        ...body, name: story.name, description: story.description, seed: story.seed }),
+    }));
     setState("done");
+    const labels = stories.map((s, i) => (body.characters ? s.name : `#${i + 1} · seed ${s.seed}`));
+    window.Backstory.render.tabs(els.tabs, labels, 0, show);
+    show(0);
+    els.regenerate.hidden = els.copy.hidden = els.permalink.hidden = false;
+    els.exportTools.hidden = false;
+    els.copy.textContent = "Copy";
+    document.dispatchEvent(new CustomEvent("backstory:done", { detail: { stories, reopened } }));
+  }
+
+  function show(i) {
+    current = i;
+    const story = stories[i];
+    storyText = story.backstory;
+    window.Backstory.render.selectTab(els.tabs, i);
+    els.story.replaceChildren();
+    if (story.sections) {
+      window.Backstory.render.sections(els.story, story, HEADINGS, reroll);
+    } else {
+      renderStory();
+    }
+    showMeta(story);
+    history.replaceState(null, "", window.Backstory.permalink(story.request));
+  }
+
+  function showMeta(story) {
     // One span per item, so that "seed 1234567" never breaks across lines on a phone.
     els.meta.replaceChildren();
-    [result.model, `${result.tokens} tokens`, `${Number(result.seconds).toFixed(1)} s`,
-     `seed ${result.seed}`].forEach((text, i) => {
+    const items = [story.model, `${story.tokens} tokens`, `${Number(story.seconds).toFixed(1)} s`,
+                   `seed ${story.request.seed}`];
+    if (story.rerolled) items.push(`re-rolled with seed ${story.seed}`);
+    items.forEach((text, i) => {
       if (i) els.meta.append(" · ");
-      const item = document.createElement("span");
-      item.className = "meta-item";
-      item.textContent = text;
-      els.meta.append(item);
+      els.meta.append(window.Backstory.render.el("span", "meta-item", text));
     });
-    els.meta.dataset.seed = result.seed;
-    els.regenerate.hidden = els.copy.hidden = false;
-    els.copy.textContent = "Copy";
+    els.meta.dataset.seed = story.request.seed;
+  }
+
+  // Sections mode: write one section again with a new seed, the others kept as context.
+  async function reroll(section, button) {
+    const story = stories[current];
+    button.disabled = true;
+    button.textContent = "Writing…";
+    clearErrors();
+    try {
+      const body = { ...story.request, structure: "sections", section,
+                     context: story.sections, seed: randomSeed() };
+      const result = await postJson("/api/reroll", body);
+      stories[current] = { ...story, backstory: result.backstory, sections: result.sections,
+                           seed: result.seed, rerolled: true };
+      show(current);
+      els.story.querySelector(`[data-section="${section}"] .reroll`)?.focus();
+      document.dispatchEvent(new CustomEvent("backstory:changed", { detail: stories[current] }));
+    } catch (e) {
+      button.disabled = false;
+      button.textContent = "Re-roll";
+      showError(e instanceof HttpError ? e.message : "Could not re-roll the section.");
+    }
+  }
+
+  // Fill the form from a story's request (a permalink, or a story reopened from history).
+  function fillForm(request) {
+    $("mode-one").checked = true;
+    syncMode();
+    els.name.value = request.name || "";
+    els.description.value = request.description || "";
+    for (const field of CONTROLS) FIELDS[field].value = request[field] || "";
+    els.setting.value = request.setting || "";
+    els.temperature.value = request.temperature || "";
+    els.seed.value = request.seed ?? "";
+    els.n.value = "1";
+    updateCounter();
+  }
+
+  // Reopen a kept story as it was, without asking the server.
+  function reopen(story, request) {
+    const running = controller;
+    controller = null;  // the run in flight (if any) is superseded: it stops and stays quiet
+    running?.abort();
+    setBusy(false);
+    clearErrors();
+    resetStory();
+    fillForm(request);
+    finish([story], request, true);
+  }
+
+  function syncMode() {
+    const roster = rosterMode();
+    els.rosterField.hidden = !roster;
+    for (const node of form.querySelectorAll(".single")) node.hidden = roster;
+    els.n.disabled = roster;
   }
 
   function fail(e, signal) {
@@ -319,7 +466,8 @@
       return;
     }
     for (const { field, message } of e.detail) {
-      if (FIELDS[field]) setFieldError(FIELDS[field], message);
+      const control = FIELDS[field] || FIELDS[field.split(".")[0]];
+      if (control) setFieldError(control, message);
     }
     const wait = e.retryAfter ? ` Try again in ${e.retryAfter} s.` : "";
     showError(`${e.message}${/[.!?]$/.test(e.message) ? "" : "."}${wait}`);
@@ -380,6 +528,11 @@
     }
   });
   els.description.addEventListener("input", updateCounter);
+  els.setting.addEventListener("input", updateCounter);
+  for (const radio of form.querySelectorAll('input[name="mode"]')) {
+    radio.addEventListener("change", syncMode);
+  }
+  window.Backstory.render.tabKeys(els.tabs, show);
   for (const control of Object.values(FIELDS)) {
     control.addEventListener("input", () => setFieldError(control, ""));
   }
@@ -389,6 +542,12 @@
   });
   els.regenerate.addEventListener("click", () => {
     if (lastRequest && !controller) run({ ...lastRequest, seed: randomSeed() });
+  });
+  els.roster.addEventListener("keydown", (e) => {
+    if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) {
+      e.preventDefault();
+      form.requestSubmit();
+    }
   });
   els.copy.addEventListener("click", copyStory);
   els.errorDismiss.addEventListener("click", () => {
@@ -414,6 +573,13 @@
   });
 
   // A key from earlier in this tab's session is reused and its field shown.
+  // What extras.js (export, history, permalink) needs from the page.
+  window.Backstory.app = {
+    current: () => stories[current], headers, httpError, showError, fillForm, reopen,
+    submit: () => form.requestSubmit(), busy: () => Boolean(controller),
+  };
+  syncMode();
+
   const savedKey = sessionStorage.getItem(KEY_STORE);
   if (savedKey) {
     els.apiKey.value = savedKey;
@@ -429,10 +595,6 @@
       els.serverStatus.textContent = ok ? `Model ${s.model} on ${s.device} · ready`
                                         : "The model is not ready yet";
       els.serverStatus.classList.add(ok ? "ok" : "down");
-      const limit = s.limits?.max_new_tokens;
-      for (const option of els.length.options) {
-        if (limit && Number(option.value) > limit) option.remove();
-      }
     })
     .catch(() => {
       els.serverStatus.textContent = "Server status unknown";
