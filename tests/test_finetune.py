@@ -129,3 +129,22 @@ def test_distillation_keeps_only_stories_that_pass_every_gate():
     off_topic = ("Rivashpell flew cargo between the moons of Jupiter for a mining company. "
                  * 8).strip()
     assert not score(off_topic, "Rivashpell", vec)[0]  # loops, and about something else
+
+
+def test_corpus_rows_are_headed_passages_that_name_their_character(tmp_path):
+    """--sft_corpus_rows: human passages (the corpus's train split, with the header training
+    gives them) as name/description/story rows, cut to a backstory's length at a sentence."""
+    from training.config import TrainConfig
+    from training.sft import STORY_WORDS, corpus_rows
+
+    body = " ".join(f"Sentence {i} tells how old Maren walked to the sea and back." for i in
+                    range(60))
+    (tmp_path / "book.txt").write_text("\n\n".join([body] * 8))
+    cfg = TrainConfig(data=[str(tmp_path)], chunk_chars=1500, cache_dir=str(tmp_path / "c"))
+    rows = corpus_rows(cfg, 3)
+    assert len(rows) == 3
+    for row in rows:
+        assert row["name"] == "Maren" and "Maren" in row["description"]
+        assert "Maren" in row["story"] and row["story"].endswith(".")
+        assert STORY_WORDS[0] * 0.8 <= len(row["story"].split()) <= STORY_WORDS[1] * 1.2
+    assert corpus_rows(cfg, 3) == rows  # seeded

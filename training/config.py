@@ -28,6 +28,9 @@ class TrainConfig:
     chunk_chars: int = _opt(1500, "Target characters per passage.")
     sft_data: str = _opt("", "JSONL of name/description/story rows (training/distill.py): learn "
                          "the served chat prompt -> story, loss on the story only; `data` unused.")
+    sft_corpus_rows: int = _opt(0, "Human passages from `data` (train split, with a header) added "
+                                "to sft_data as rows: the coherence and name use that stories "
+                                "sampled from the base cannot teach.")
     cache_dir: str = _opt(".cache/training", "Where tokenized datasets are cached.")
     # Tokenizer and model
     base_model: str = _opt("", "Fine-tune this causal LM (folder, Hub id or "

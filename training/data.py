@@ -87,6 +87,16 @@ def headed(passage: str) -> str:
     return passage
 
 
+def split_header(passage: str) -> tuple[str | None, str | None, str]:
+    """(name, description, body) of a training passage; name and description None if headless."""
+    head, sep, body = passage.partition("\n\n")
+    lines = head.split("\n")
+    if sep and len(lines) == 2 and lines[0].startswith("Name: ") \
+            and lines[1].startswith("Description: "):
+        return lines[0][6:], lines[1][13:], body
+    return None, None, passage
+
+
 def to_passages(batch: dict, cfg: TrainConfig) -> dict:
     """Cut each document into passages of about chunk_chars; the last val_fraction go to val."""
     texts, splits = [], []

@@ -33,7 +33,7 @@ from training import metrics
 from training.card import with_evaluation
 from training.cli import run_cli
 from training.config import TrainConfig
-from training.data import load_passages, tokenize_and_group
+from training.data import load_passages, split_header, tokenize_and_group
 
 PROMPTS = Path(__file__).with_name("eval_prompts.tsv")
 SEED_BASE, SEED_STRIDE = 1000, 10_000  # prompt i, seed round r: seed 1000 + i + 10_000 * r
@@ -186,16 +186,6 @@ def text_scores(texts: list[str]) -> dict:
     """The scores that need no prompt, of backstories and human text alike: the text statistics
     and the coherence of the sentences."""
     return {**metrics.text_stats(texts), **metrics.coherence(sentence_embeddings(texts))}
-
-
-def split_header(passage: str) -> tuple[str | None, str | None, str]:
-    """(name, description, body) of a training passage; name and description None if headless."""
-    head, sep, body = passage.partition("\n\n")
-    lines = head.split("\n")
-    if sep and len(lines) == 2 and lines[0].startswith("Name: ") \
-            and lines[1].startswith("Description: "):
-        return lines[0][6:], lines[1][13:], body
-    return None, None, passage
 
 
 def reference(n: int, target_words: int, quick: bool) -> dict:
