@@ -63,5 +63,19 @@ build: $(BASE)  ## the Bento (bentofile.yaml) with the merged model; containeriz
 	$(BIN)/python -m backstory.store
 	BACKSTORY_MODEL=backstory-model:latest $(BIN)/bentoml build
 
+# The container: as root with a running Docker engine. The base images come from Debian packages
+# and the local CPU torch wheel (deploy/docker/base-image.sh, once); the legacy builder, as the
+# Debian engine has no buildx, on the host network so that pip reaches PyPI. Run from /tmp:
+# BentoML 1.4.40 rejects a Dockerfile template outside the working directory, and it reads ours
+# from its copy of the Bento in a temp dir (bentoml/BentoML#5566).
+IMAGE ?= backstory:latest
+container: build  ## the CPU image of the Bento as $(IMAGE) (Docker; about 10 minutes the first time)
+	PYTHON=$(BIN)/python deploy/docker/base-image.sh
+	cd /tmp && TMPDIR=/tmp DOCKER_BUILDKIT=0 $(abspath $(BIN))/bentoml containerize \
+	    backstory:latest -t $(IMAGE) --opt network=host
+
+run-container:  ## $(IMAGE) on http://$(HOST):$(PORT) (host network; Ctrl-C stops it)
+	docker run --rm --network host $(IMAGE) serve --host $(HOST) --port $(PORT)
+
 clean:
 	rm -rf .cache runs .pytest_cache .ruff_cache
