@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="Weights and compute; auto = bfloat16 on CUDA, float32 on CPU.")
+    quantize: Literal["none", "int8"] = Field(
+        "none", description="CPU: int8 weights in every linear layer (dynamic quantization); a "
+        "seeded story then depends on its batch mates.")
     threads: int = Field(0, ge=0, description="torch CPU threads; 0 = all cores.")
     gpus: int = Field(0, ge=0, le=8, description="GPUs the model service asks its scheduler for.")
     max_batch_size: int = Field(32, ge=1, le=256, description="Rows in the running batch; more "

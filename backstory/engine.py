@@ -81,6 +81,16 @@ def load_weights(path: str, dtype: torch.dtype, base: str = "") -> PreTrainedMod
     return merged.to(dtype)
 
 
+def quantized(model: PreTrainedModel) -> PreTrainedModel:
+    """int8 weights (per-channel scales) in every nn.Linear, the logits head included, with the
+    activations quantized per call (fbgemm's dynamic linear): a quarter of the bytes read per
+    decode step, which bounds a small batch on a CPU. The activation scale is one per call, so
+    a row's numbers depend on its batch mates: opt-in (bench/levers.md measures it)."""
+    from torch.ao.quantization import quantize_dynamic
+
+    return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+
+
 def load_model(path: str, device: torch.device, dtype: str = "auto", base: str = ""
                ) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
     """Tokenizer (left padding, a pad token) and model in eval mode on `device`, in `dtype`
@@ -120,9 +130,13 @@ class Engine:
             torch.set_num_threads(settings.threads)
         self.threads = torch.get_num_threads()
         path = resolve_model(settings.model)
+        if settings.quantize != "none" and self.device.type != "cpu":
+            raise ValueError(f"quantize={settings.quantize} is for the CPU (fbgemm kernels)")
         self.tokenizer, self.model = load_model(path, self.device, settings.dtype, settings.base)
         self.name = Path(path).name if Path(path).is_dir() else path
         self.parameters = sum(p.numel() for p in self.model.parameters())
+        if settings.quantize == "int8":
+            self.model = quantized(self.model)
         self.context = context_length(self.model)
         self.word_pieces = self._word_pieces()
         self.lock = threading.Lock()  # one batch at a time: batches already use every core

@@ -10,6 +10,7 @@ the raw numbers to bench/results/levers.json).
 """
 
 import argparse
+import asyncio
 import functools
 import json
 import shlex
@@ -76,8 +77,25 @@ def threads(run: Run, n: int) -> Run:
 
 
 @functools.cache
-def bf16(engine: Engine) -> Engine:
-    return Engine(engine.settings.model_copy(update={"dtype": "bfloat16"}))
+def variant(engine: Engine, **update) -> Engine:
+    """The same model with other settings (dtype, quantize), loaded once."""
+    return Engine(engine.settings.model_copy(update=update))
+
+
+@functools.cache
+def scheduled(engine: Engine) -> Run:
+    """What the model service runs since issue 10: every request submitted at once to the
+    continuous-batching scheduler, which joins them into its running batch."""
+    from backstory.scheduler import Scheduler
+
+    scheduler = Scheduler(engine, max_batch=256, wait_ms=0)
+
+    def run(requests: list[BackstoryRequest]) -> None:
+        async def all_of() -> list:
+            return await asyncio.gather(*(scheduler.complete(r) for r in requests))
+
+        asyncio.run(all_of())
+    return run
 
 
 DESCRIPTIONS = {
@@ -85,6 +103,11 @@ DESCRIPTIONS = {
               "dynamic KV cache, all cores)",
     "engine_1thread": "the same on one torch thread",
     "engine_bf16": "the same with bfloat16 weights (BACKSTORY_DTYPE=bfloat16)",
+    "engine_int8": "the same with int8 weights in every linear layer (BACKSTORY_QUANTIZE=int8, "
+                   "dynamic quantization)",
+    "engine_scheduler": "the served path: the requests joined by our continuous-batching "
+                        "scheduler (backstory/scheduler.py), decode loop over the model's forward",
+    "engine_scheduler_int8": "the same with BACKSTORY_QUANTIZE=int8",
     "generate": "plain transformers generate() with its own sampling processors",
     "no_grad": "the same under torch.no_grad instead of inference_mode",
     "static": "the same with a static KV cache",
@@ -101,7 +124,10 @@ def levers(engine: Engine, new_tokens: int) -> dict[str, Run]:
     return {
         "engine": lambda reqs: engine.generate(reqs),
         "engine_1thread": threads(lambda reqs: engine.generate(reqs), 1),
-        "engine_bf16": lambda reqs: bf16(engine).generate(reqs),
+        "engine_bf16": lambda reqs: variant(engine, dtype="bfloat16").generate(reqs),
+        "engine_int8": lambda reqs: variant(engine, quantize="int8").generate(reqs),
+        "engine_scheduler": scheduled(engine),
+        "engine_scheduler_int8": lambda reqs: scheduled(variant(engine, quantize="int8"))(reqs),
         "generate": hf_generate(engine, sampling(engine, new_tokens)),
         "no_grad": hf_generate(engine, sampling(engine, new_tokens), torch.no_grad),
         "static": hf_generate(engine, sampling(engine, new_tokens, cache_implementation="static")),

@@ -67,15 +67,17 @@ def run_bench(*args: str, timeout: float = 420) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
+LEVERS = ("engine", "engine_1thread", "engine_bf16", "engine_int8", "engine_scheduler",
+          "engine_scheduler_int8", "generate", "static")
+
+
 def test_levers_are_each_measured_and_reported(tiny_model, tmp_path):
     out = tmp_path / "levers.md"
     run_bench("bench.levers", "--model", str(tiny_model), "--batches", "1,2", "--new-tokens", "4",
-              "--repeats", "1", "--levers", "engine,engine_1thread,engine_bf16,generate,static",
-              "--out", str(out), timeout=180)
+              "--repeats", "1", "--levers", ",".join(LEVERS), "--out", str(out), timeout=180)
     rows = json.loads(out.with_suffix(".json").read_text())["results"]
-    assert [(r["lever"], r["batch"]) for r in rows] == [
-        (lever, b) for lever in ("engine", "engine_1thread", "engine_bf16", "generate", "static")
-        for b in (1, 2)]
+    assert [(r["lever"], r["batch"]) for r in rows] == [(lever, b) for lever in LEVERS
+                                                        for b in (1, 2)]
     assert all("error" not in r and r["tokens_per_s"] > 0 for r in rows), rows
     report = out.read_text()
     assert "## Machine" in report and "| engine | 2 |" in report and "x engine |" in report
