@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from transformers import PreTrainedTokenizerBase
 
 from backstory.config import Settings
 from backstory.engine import context_length, load_model, pick_device, prompt_text, resolve_model
@@ -24,6 +25,14 @@ class Output:
     generate_seconds: float  # model.generate() alone
 
 
+def encode_prompt(tokenizer: PreTrainedTokenizerBase, settings: Settings, name: str,
+                  description: str) -> list[int]:
+    """The served prompt's token ids, as the service builds them: shared with the llama.cpp
+    anchor (bench/anchor.py), so that all three servers start from the same tokens."""
+    prompt = prompt_text(tokenizer, settings, name, description)
+    return tokenizer(prompt, add_special_tokens=False)["input_ids"]
+
+
 class NaiveGenerator:
     """The model in memory, loaded the way Engine loads it (same dtype and device), without any
     batching, per-row sampler or streaming."""
@@ -37,9 +46,8 @@ class NaiveGenerator:
         self.context = context_length(self.model)
 
     def prompt_ids(self, name: str, description: str) -> torch.Tensor:
-        prompt = prompt_text(self.tokenizer, self.settings, name, description)
-        ids = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
-        return ids[:, -self.context + 1:].to(self.device)
+        ids = encode_prompt(self.tokenizer, self.settings, name, description)
+        return torch.tensor([ids[-self.context + 1:]], device=self.device)
 
     @torch.inference_mode()
     def generate(self, name: str, description: str, new_tokens: int, seed: int,
