@@ -8,13 +8,16 @@ matplotlib.use("Agg")  # no display on servers and in CI
 import matplotlib.pyplot as plt  # noqa: E402
 
 SERIES = (("ours", "Ours (BentoML, batched)", "tab:blue"),
-          ("baseline", "Baseline (naive FastAPI)", "tab:gray"))
+          ("baseline", "Baseline (naive FastAPI)", "tab:gray"),
+          ("llama.cpp", "llama.cpp (same weights, Q4_1, one slot)", "tab:orange"))
 
 
 def write_plot(results: dict, path: Path) -> None:
     levels = [lv["level"] for lv in results["levels"]]
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 7), sharex=True)
     for name, label, color in SERIES:
+        if any(name not in lv["summary"] for lv in results["levels"]):
+            continue  # the llama.cpp anchor is optional
         summaries = [lv["summary"][name] for lv in results["levels"]]
         top.plot(levels, [s["backstories_per_s"] for s in summaries], "o-", color=color,
                  label=label)

@@ -4,31 +4,22 @@ import os
 from pathlib import Path
 
 from bench.ceiling import FORMULA
+from bench.fmt import ANCHOR, check, level, mib, ms, x
 from bench.machine import markdown
+from bench.report_anchor import anchor_setup, anchor_targets, ratio_table
 
 TARGET_RATIO, TARGET_OVERHEAD, TARGET_TTFT_S, TARGET_RSS = 8.0, 1.2, 0.250, 1e9
 SOAK_GROWTH = 0.05  # RSS may wobble with the allocator; more than 5 % is growth
 
 
-def ms(s: float | None) -> str:
-    return "n/a" if s is None else f"{s * 1000:.0f} ms"
-
-
-def mib(b: float | None) -> str:
-    return "n/a" if not b else f"{b / 2**20:.0f} MiB"
-
-
-def x(v: float | None) -> str:
-    return "n/a" if v is None else f"{v:.2f}x"
-
-
-def level(results: dict, clients: int) -> dict | None:
-    return next((lv for lv in results["levels"] if lv["level"] == clients), None)
-
-
 def focus(results: dict) -> dict:
     """The 32-client level, or the largest one run (quick mode runs 1 and 4)."""
     return level(results, 32) or max(results["levels"], key=lambda lv: lv["level"])
+
+
+def servers(lv: dict) -> list[str]:
+    """The servers measured on the generate route at this level, in the bench's order."""
+    return [n for n in ("ours", "baseline", ANCHOR) if n in lv["summary"]]
 
 
 def header(r: dict) -> list[str]:
@@ -54,8 +45,10 @@ def setup(r: dict) -> list[str]:
         "`POST /api/generate`; TTFT from `GET /api/stream` at the same concurrency.",
         "- **Baseline**: `python -m bench.baseline`, one uvicorn worker, one `model.generate()` "
         "per request (batch 1) in FastAPI's threadpool, as the original seed served.",
-        "- Both servers run during the whole bench; each repeat measures ours then the "
-        "baseline back to back, so machine drift affects both; ratios are per repeat.",
+        *anchor_setup(r.get("anchor")),
+        "- All servers run during the whole bench; each repeat measures ours, the baseline and "
+        "llama.cpp (when it runs) back to back, so machine drift affects all; ratios are per "
+        "repeat.",
         "- Our server's settings: " + (", ".join(
             f"`{k}={v}`" for k, v in sorted(r["server_env"].items()) if k != "BACKSTORY_MODEL")
             or "the defaults of backstory/config.py"),
@@ -68,22 +61,17 @@ def table(r: dict) -> list[str]:
            "| Errors | Peak RSS |", "|---|---|---|---|---|---|---|---|---|---|"]
     for lv in r["levels"]:
         s, st = lv["summary"], lv["summary"]["ours_stream"]
-        for name in ("ours", "baseline"):
+        for name in servers(lv):
             row = s[name]
             ttft = f"{ms(st['ttft_mean_s'])} / {ms(st['ttft_p50_s'])}" if name == "ours" else "-"
             errors = (f"{lv['errors']['ours']} (+{lv['errors']['ours_stream']} stream)"
-                      if name == "ours" else str(lv["errors"]["baseline"]))
+                      if name == "ours" else str(lv["errors"][name]))
             out.append(f"| {lv['level']} | {name} | {row['backstories_per_s']:.2f} | "
                        f"{row['tokens_per_s']:.0f} | {ms(row['p50_s'])} | {ms(row['p95_s'])} | "
-                       f"{ms(row['p99_s'])} | {ttft} | {errors} | {mib(lv['rss_bytes'][name])} |")
-    out += ["", "Medians over repeats. Peak RSS: the model-service worker (ours) or the baseline "
-            "process, the largest seen during the level.", "",
-            "| Clients | Throughput ours/baseline (min / median / max) | p50 latency ours/baseline "
-            "(median) |", "|---|---|---|"]
-    for lv in r["levels"]:
-        t = lv["ratios"]["throughput"]
-        out.append(f"| {lv['level']} | {x(t['min'])} / {x(t['median'])} / {x(t['max'])} | "
-                   f"{x(lv['ratios']['p50_latency']['median'])} |")
+                       f"{ms(row['p99_s'])} | {ttft} | {errors} | "
+                       f"{mib(lv['rss_bytes'].get(name))} |")
+    out += ["", "Medians over repeats. Peak RSS: the model-service worker (ours) or the "
+            "server's process, the largest seen during the level.", "", *ratio_table(r)]
     samples = sorted({e for lv in r["levels"] for e in lv["error_samples"]})
     return out + ([""] + [f"- error: `{e}`" for e in samples] if samples else [])
 
@@ -111,8 +99,9 @@ def ceiling(r: dict) -> list[str]:
 
 def memory(r: dict) -> list[str]:
     idle = r["idle_rss_bytes"]
+    anchor = f", llama.cpp {mib(idle[ANCHOR])}" if ANCHOR in idle else ""
     out = ["", "## Memory", "", f"Idle after loading: ours {mib(idle.get('ours'))} (model "
-           f"service worker), baseline {mib(idle.get('baseline'))}."]
+           f"service worker), baseline {mib(idle.get('baseline'))}{anchor}."]
     soak = r.get("soak")
     if not soak:
         return out + ["", "Soak: not run (`--soak N`)."]
@@ -136,11 +125,6 @@ def reference(r: dict, one: dict | None) -> tuple[str, float]:
         return (f"the baseline server at 1 client; the in-process generate() took {ms(bare)}, "
                 "slower, so the machine was probably busy", served)
     return f"in-process generate() at batch 1, {r['bare']['runs']} runs", bare
-
-
-def check(ok: bool | None, text: str) -> str:
-    mark = "➖" if ok is None else ("✅" if ok else "❌")
-    return f"- {mark} {text}"
 
 
 def targets(r: dict) -> list[str]:
@@ -169,7 +153,7 @@ def targets(r: dict) -> list[str]:
                   "No memory growth over the soak (< 5 %): " + (
                       f"{growth:+.1%}" if soak and growth is not None else "not run")),
             check(failed + soak_failed == 0, f"No failed requests: {failed} in the levels, "
-                  f"{soak_failed} in the soak (see the error lines above)")]
+                  f"{soak_failed} in the soak (see the error lines above)"), *anchor_targets(r)]
 
 
 def levers(report_dir: Path) -> list[str]:

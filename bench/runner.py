@@ -1,18 +1,20 @@
-"""The measurement protocol: both servers stay up, and each repeat of each level measures ours,
-then the baseline, back to back (ours, baseline, ours, baseline, ...), so slow drift of the
-machine (thermal, background jobs) hits both alike and the per-repeat ratio cancels it.
-After each pair, our stream route runs at the same concurrency for time to first token."""
+"""The measurement protocol: all servers stay up, and each repeat of each level measures ours,
+then the baseline, then the llama.cpp anchor when it runs, back to back (ours, baseline,
+llama.cpp, ours, ...), so slow drift of the machine (thermal, background jobs) hits all alike
+and the per-repeat ratios cancel it. After each round, our stream route runs at the same
+concurrency for time to first token."""
 
 import statistics
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 
 from bench import load
+from bench.fmt import ANCHOR
 from bench.memory import RssMonitor
 from bench.stats import LoadResult, spread
 
 Log = Callable[[str], None]
-RUNS = (("ours", "generate"), ("baseline", "generate"), ("ours", "stream"))
+SERVERS = ("ours", "baseline", ANCHOR)  # each on the generate route, in this order
 
 
 @dataclass
@@ -33,6 +35,11 @@ def key(server: str, route: str) -> str:
     return server if route == "generate" else f"{server}_{route}"
 
 
+def runs(urls: dict[str, str]) -> list[tuple[str, str]]:
+    """(server, route) in the order measured: every server up on generate, then our stream."""
+    return [(s, "generate") for s in SERVERS if s in urls] + [("ours", "stream")]
+
+
 def one_run(urls: dict[str, str], monitor: RssMonitor, plan: Plan, level: int, server: str,
             route: str, requests: int | None = None) -> LoadResult:
     monitor.take_peaks()
@@ -46,7 +53,7 @@ def one_run(urls: dict[str, str], monitor: RssMonitor, plan: Plan, level: int, s
 def warm_up(urls: dict[str, str], monitor: RssMonitor, plan: Plan, log: Log) -> None:
     """Compile paths, fill caches and open connections before anything is timed."""
     level = min(4, max(plan.levels))
-    for server, route in RUNS:
+    for server, route in runs(urls):
         result = one_run(urls, monitor, plan, level, server, route, requests=level)
         log(f"warm-up {key(server, route)}: {result.ok} ok, {result.errors} errors")
 
@@ -56,7 +63,7 @@ def measure_level(urls: dict[str, str], monitor: RssMonitor, plan: Plan, level: 
     rounds: list[dict[str, LoadResult]] = []
     for repeat in range(plan.repeats):
         row = {}
-        for server, route in RUNS:
+        for server, route in runs(urls):
             result = row[key(server, route)] = one_run(urls, monitor, plan, level, server, route)
             log(f"level {level} repeat {repeat + 1}/{plan.repeats} {key(server, route)}: "
                 f"{result.backstories_per_s:.2f} backstories/s, {result.tokens_per_s:.0f} tok/s, "
@@ -66,31 +73,34 @@ def measure_level(urls: dict[str, str], monitor: RssMonitor, plan: Plan, level: 
 
 
 def aggregate(level: int, requests: int, rounds: list[dict[str, LoadResult]]) -> dict:
-    """Medians over repeats per server, ratios ours/baseline per repeat (min/median/max), the
-    largest RSS seen during the level and all errors."""
+    """Medians over repeats per server, ratios ours/baseline and ours/llama.cpp (when it ran)
+    per repeat (min/median/max), the largest RSS seen during the level and all errors."""
     names = list(rounds[0])
-
-    def ratio(metric: str, invert: bool = False) -> dict:
-        values = []
-        for r in rounds:
-            a, b = getattr(r["ours"], metric), getattr(r["baseline"], metric)
-            if a and b:
-                values.append(b / a if invert else a / b)
-        return spread(values)
-
     rss = {"ours": max((r[n].max_rss_bytes or 0 for r in rounds for n in names
-                        if n.startswith("ours")), default=0),
-           "baseline": max((r["baseline"].max_rss_bytes or 0 for r in rounds), default=0)}
-    return {
+                        if n.startswith("ours")), default=0)}
+    rss |= {n: max(r[n].max_rss_bytes or 0 for r in rounds) for n in SERVERS[1:] if n in names}
+    out = {
         "level": level, "requests": requests,
         "summary": {n: _medians([r[n] for r in rounds]) for n in names},
-        "ratios": {"throughput": ratio("backstories_per_s"), "tokens_per_s": ratio("tokens_per_s"),
-                   "p50_latency": ratio("p50_s")},
+        "ratios": ratios(rounds, "baseline"),
         "rss_bytes": rss,
         "errors": {n: sum(r[n].errors for r in rounds) for n in names},
         "error_samples": sorted({e for r in rounds for n in names for e in r[n].error_samples}),
         "runs": [{n: asdict(res) for n, res in r.items()} for r in rounds],
     }
+    if ANCHOR in names:
+        out["anchor_ratios"] = ratios(rounds, ANCHOR)
+    return out
+
+
+def ratios(rounds: list[dict[str, LoadResult]], other: str) -> dict:
+    """ours/other per repeat, spread over repeats: throughput, tokens/s and p50 latency."""
+    def ratio(metric: str) -> dict:
+        pairs = [(getattr(r["ours"], metric), getattr(r[other], metric)) for r in rounds]
+        return spread([a / b for a, b in pairs if a and b])
+
+    return {"throughput": ratio("backstories_per_s"), "tokens_per_s": ratio("tokens_per_s"),
+            "p50_latency": ratio("p50_s")}
 
 
 def _medians(results: list[LoadResult]) -> dict:

@@ -1,8 +1,10 @@
-"""One bench session: both servers up side by side on free ports, warm-up, the in-process
-references (bare generate, matmul FLOP/s), every level, the optional soak; then both stopped."""
+"""One bench session: the servers up side by side on free ports (ours, the baseline, and the
+llama.cpp anchor where it is installed), warm-up, the in-process references (bare generate,
+matmul FLOP/s), every level, the optional soak; then all stopped."""
 
 import os
 import sys
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import asdict
 from pathlib import Path
@@ -10,12 +12,14 @@ from pathlib import Path
 import httpx
 import psutil
 
+from backstory.base import CACHE
 from backstory.config import Settings
+from bench.anchor import available
 from bench.ceiling import bare_generate, in_worker_thread, matmul_flops, model_flops
 from bench.machine import describe
 from bench.memory import RssMonitor, find_worker
 from bench.naive import NaiveGenerator
-from bench.runner import Log, Plan, measure_level, soak, warm_up
+from bench.runner import ANCHOR, Log, Plan, measure_level, soak, warm_up
 from bench.servers import bentoml_command, free_port, spawned, wait_ready
 
 READY_DEADLINE_S = 300  # model load on a busy CPU can take a while; a dead server fails sooner
@@ -33,22 +37,41 @@ def server_env(model: Path, levels: list[int]) -> dict[str, str]:
     return env
 
 
-def start_servers(stack: ExitStack, model: Path, logs: Path,
-                  env: dict[str, str]) -> tuple[dict, dict]:
-    """Start ours and the baseline together (they load their models in parallel), then wait for
-    both. Both live until the stack closes, which kills their process groups."""
-    logs.mkdir(parents=True, exist_ok=True)
-    ports = [free_port()]
-    while len(ports) < 2:  # two free ports, distinct (bounded: the OS rotates ephemeral ports)
+def free_ports(n: int) -> list[int]:
+    """n distinct free ports (bounded: the OS rotates ephemeral ports)."""
+    ports: list[int] = []
+    while len(ports) < n:
         port = free_port()
         ports += [port] if port not in ports else []
-    ours_cmd = bentoml_command(ports[0])
-    base_cmd = [sys.executable, "-m", "bench.baseline", "--model", str(model),
-                "--port", str(ports[1])]
-    procs = {
-        "ours": stack.enter_context(spawned(ours_cmd, env, logs / "bentoml-serve.log")),
-        "baseline": stack.enter_context(spawned(base_cmd, None, logs / "baseline.log")),
+    return ports
+
+
+def anchor_skipped(model: Path) -> str | None:
+    """Why the llama.cpp anchor does not run, or None when it does: it runs the packaged GGUF
+    file, so it is an anchor only when the bench measures those weights."""
+    if model.resolve() != CACHE.resolve():
+        return f"skipped: it runs the packaged base's GGUF file, and the model is {model.name}"
+    return available()
+
+
+def start_servers(stack: ExitStack, model: Path, logs: Path, env: dict[str, str],
+                  anchor: bool = False) -> tuple[dict, dict]:
+    """Start the servers together (they load their models in parallel), then wait for all.
+    All live until the stack closes, which kills their process groups."""
+    logs.mkdir(parents=True, exist_ok=True)
+    ports = free_ports(3 if anchor else 2)
+    local = [sys.executable, "-m"]
+    model_args = ["--model", str(model)]
+    commands = {
+        "ours": (bentoml_command(ports[0]), env, "bentoml-serve.log"),
+        "baseline": ([*local, "bench.baseline", *model_args, "--port", str(ports[1])], None,
+                     "baseline.log"),
     }
+    if anchor:
+        commands[ANCHOR] = ([*local, "bench.anchor", *model_args, "--port", str(ports[2])],
+                            None, "anchor.log")
+    procs = {name: stack.enter_context(spawned(cmd, cmd_env, logs / log_name))
+             for name, (cmd, cmd_env, log_name) in commands.items()}
     urls = {name: f"http://127.0.0.1:{port}" for name, port in zip(procs, ports)}
     for name, proc in procs.items():
         wait_ready(f"{urls[name]}/readyz", proc, READY_DEADLINE_S)
@@ -66,15 +89,19 @@ def run_session(model: Path, cfg: dict, log: Log) -> dict:
     plan = Plan(cfg["levels"], cfg["requests_per_level"], cfg["repeats"], cfg["new_tokens"],
                 deadline_s=cfg["deadline_s"])
     machine = describe()
+    skipped = anchor_skipped(model)
     with ExitStack() as stack:
-        log(f"starting both servers on {model}")
+        log(f"llama.cpp anchor: {skipped}" if skipped else "llama.cpp anchor: installed")
+        log(f"starting the servers on {model}")
         env = server_env(model, plan.levels)
-        urls, procs = start_servers(stack, model, cfg["results_dir"] / "logs", env)
-        finders = {"ours": lambda: find_worker(procs["ours"].pid),
-                   "baseline": lambda: psutil.Process(procs["baseline"].pid)}
+        urls, procs = start_servers(stack, model, cfg["results_dir"] / "logs", env,
+                                    anchor=not skipped)
+        finders = {"ours": lambda: find_worker(procs["ours"].pid)}
+        finders |= {n: _process(p.pid) for n, p in procs.items() if n != "ours"}
         monitor = stack.enter_context(RssMonitor(finders))
         info, idle = model_info(urls["ours"]), {n: monitor.current(n) for n in finders}
-        log(f"ready: ours {urls['ours']}, baseline {urls['baseline']}; warming up")
+        anchor = {"skipped": skipped, "status": None if skipped else model_info(urls[ANCHOR])}
+        log("ready: " + ", ".join(f"{n} {u}" for n, u in urls.items()) + "; warming up")
         warm_up(urls, monitor, plan, log)
         generator = NaiveGenerator(str(model))
         bare = bare_generate(generator, plan.new_tokens, cfg["bare_repeats"])
@@ -98,5 +125,9 @@ def run_session(model: Path, cfg: dict, log: Log) -> dict:
                   "parameters": parameters, "device": info.get("device", "?"), "status": info},
         "server_env": env, "idle_rss_bytes": idle, "bare": bare, "matmul_flops": matmul,
         "matmul_dtype": str(dtype).removeprefix("torch."), "flops": asdict(flops),
-        "levels": levels, "soak": soaked,
+        "levels": levels, "soak": soaked, "anchor": anchor,
     }
+
+
+def _process(pid: int) -> Callable[[], psutil.Process]:
+    return lambda: psutil.Process(pid)

@@ -1,0 +1,118 @@
+"""The llama.cpp anchor in the bench (issue 10): the report shows it (a column, ratios, two
+targets) when it ran and nothing of it when it did not, which is CI's case; and, where
+llama-cpp-python is installed, the anchor server itself gives exactly the tokens asked for."""
+
+import json
+import sys
+
+import httpx
+import pytest
+
+from backstory.base import CACHE
+from bench.__main__ import write_outputs
+from bench.anchor import available
+from bench.runner import aggregate, runs
+from bench.servers import free_port, running
+from bench.session import anchor_skipped
+from bench.stats import LoadResult
+
+ANCHOR = "llama.cpp"
+TOKENS = 200
+
+
+def result(server: str, route: str, clients: int, tokens_per_s: float) -> LoadResult:
+    stream = route == "stream"
+    return LoadResult(
+        server=server, route=route, concurrency=clients, requests=2 * clients, ok=2 * clients,
+        errors=0, wall_s=1.0, backstories_per_s=tokens_per_s / TOKENS,
+        tokens_per_s=tokens_per_s, p50_s=TOKENS / tokens_per_s * clients,
+        p95_s=TOKENS / tokens_per_s * clients, p99_s=TOKENS / tokens_per_s * clients,
+        ttft_mean_s=0.03 if stream else None, ttft_p50_s=0.03 if stream else None,
+        ttft_gen_p50_s=0.2 if stream else None, max_rss_bytes=500 * 2**20)
+
+
+def fabricated(anchor: bool) -> dict:
+    """A bench's results: at 1 client ours does 30 tokens/s against llama.cpp's 40 (0.75x,
+    passes 0.5x), at 32 clients 700 against 100 (7x, misses 8x)."""
+    levels = []
+    for clients, ours, llama in ((1, 30.0, 40.0), (32, 700.0, 100.0)):
+        row = {"ours": result("ours", "generate", clients, ours),
+               "baseline": result("baseline", "generate", clients, 10.0)}
+        row |= {ANCHOR: result(ANCHOR, "generate", clients, llama)} if anchor else {}
+        row["ours_stream"] = result("ours", "stream", clients, ours)
+        levels.append(aggregate(clients, 2 * clients, [row]))
+    status = {"llama_cpp_python": "0.3.36", "gguf": "/x/SmolLM2-135M-Instruct.Q4_1.gguf",
+              "threads": 2}
+    return {
+        "machine": {"cpu": "test CPU", "logical_cores": 2, "physical_cores": 2, "ram_gib": 8,
+                    "torch": "2", "torch_threads": 2, "gpu": None, "python": "3.11",
+                    "os": "Linux", "load_average_at_start": [0.1, 0.1, 0.1]},
+        "plan": {"new_tokens": TOKENS, "requests_per_level": 2, "repeats": 1},
+        "model": {"path": "/m", "name": "m", "context": 8192, "parameters": 134_515_008,
+                  "device": "cpu"},
+        "server_env": {}, "idle_rss_bytes": {"ours": 2**30, "baseline": 2**30,
+                                             **({ANCHOR: 2**27} if anchor else {})},
+        "bare": {"p50_s": 6.0, "runs": 5}, "matmul_flops": {"1024": 1.0e11},
+        "matmul_dtype": "float32",
+        "flops": {"non_embedding": 1, "parameters": 2, "n_layer": 30, "d_model": 576,
+                  "vocab": 49152, "n_ctx": 171, "flops_per_token": 2.75e8},
+        "levels": levels, "soak": None, "quick": True, "date": "today", "command": "bench",
+        "anchor": {"skipped": None, "status": status} if anchor else
+        {"skipped": "not installed (make bench-anchor)", "status": None},
+    }
+
+
+def write(results: dict, tmp_path) -> str:
+    out = tmp_path / "BENCH.md"
+    write_outputs(results, {"plot": tmp_path / "plot.png", "out": out, "results_dir": tmp_path})
+    assert (tmp_path / "plot.png").stat().st_size > 1000
+    return out.read_text()
+
+
+def test_report_shows_the_anchor_its_ratios_and_both_targets(tmp_path):
+    report = write(fabricated(anchor=True), tmp_path)
+    assert "| 1 | llama.cpp | 0.20 | 40 |" in report and "| 32 | llama.cpp | 0.50 | 100 |" in report
+    assert "Tokens/s ours/llama.cpp" in report
+    assert "| 1 | 3.00x / 3.00x / 3.00x | 0.33x | 0.75x | 0.75x | 1.33x |" in report
+    assert "- ✅ Tokens/s at 1 client ≥ 0.5x llama.cpp (goal 0.8x): 0.75x (30 vs 40" in report
+    assert "- ❌ Throughput at 32 clients ≥ 8x llama.cpp: 7.00x (700 vs 100" in report
+    assert "llama-cpp-python 0.3.36 on the packaged GGUF file `SmolLM2-135M-Instruct" in report
+    assert "llama.cpp 128 MiB" in report  # idle memory
+    assert report.count("- ✅") + report.count("- ❌") + report.count("- ➖") == 8
+    saved = json.loads((tmp_path / "latest.json").read_text())
+    assert saved["levels"][1]["anchor_ratios"]["throughput"]["median"] == pytest.approx(7.0)
+    assert saved["levels"][0]["rss_bytes"][ANCHOR] == 500 * 2**20
+
+
+def test_report_without_the_anchor_says_why_and_shows_no_column_or_target(tmp_path):
+    report = write(fabricated(anchor=False), tmp_path)
+    assert "**llama.cpp** (anchor): not run, not installed (make bench-anchor)." in report
+    assert "| llama.cpp |" not in report and "ours/llama.cpp" not in report
+    assert "x llama.cpp" not in report
+    assert report.count("- ✅") + report.count("- ❌") + report.count("- ➖") == 6
+    assert "anchor_ratios" not in json.loads((tmp_path / "latest.json").read_text())["levels"][0]
+
+
+def test_anchor_runs_after_ours_and_the_baseline_only_on_the_packaged_weights(tmp_path):
+    urls = {"ours": "a", "baseline": "b"}
+    assert runs(urls) == [("ours", "generate"), ("baseline", "generate"), ("ours", "stream")]
+    assert runs({**urls, ANCHOR: "c"})[2] == (ANCHOR, "generate")
+    assert anchor_skipped(tmp_path).startswith("skipped: it runs the packaged base's GGUF")
+
+
+@pytest.mark.slow
+def test_anchor_server_gives_exactly_the_tokens_asked_for(tmp_path):
+    why = available() or (None if (CACHE / "config.json").is_file() else "base not converted")
+    if why:
+        pytest.skip(f"llama.cpp anchor: {why}")
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "bench.anchor", "--model", str(CACHE), "--port", str(port)]
+    with running(cmd, f"{base}/readyz", log_path=tmp_path / "anchor.log"):
+        status = httpx.get(f"{base}/status").json()
+        body = {"name": "Aldric", "description": "A knight of the northern marches.",
+                "max_new_tokens": 24, "min_new_tokens": 24, "temperature": 0.8, "seed": 3}
+        out = httpx.post(f"{base}/api/generate", json=body, timeout=120).json()
+    assert status["server"] == ANCHOR and status["slots"] == 1
+    assert out["tokens"] == 24 and out["seed"] == 3
+    assert out["backstory"].startswith("Aldric")  # the opener, as ours
