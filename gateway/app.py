@@ -28,7 +28,7 @@ from gateway.errors import install_error_handlers
 from gateway.middleware import DOCS_ASSETS, install_middleware
 from gateway.openai import install_openai_errors
 from gateway.shapes import GenerateRequest
-from gateway.stories import respond
+from gateway.stories import complete_sections, respond
 
 UI = Path(__file__).resolve().parent.parent / "ui"
 
@@ -115,7 +115,9 @@ async def stream(http: Request, query: Annotated[BackstoryRequest, Query()], cli
             if "text" in item:
                 yield ServerSentEvent(event="token", data={"text": item["text"]})
             else:
-                result = respond(http, query, Generation.model_validate(item["result"]), started)
+                (result,) = await complete_sections(  # sections mode: the missing ones
+                    client, [query], [Generation.model_validate(item["result"])])
+                result = respond(http, query, result, started)
                 yield ServerSentEvent(event="done", data=result.model_dump(exclude_none=True))
     except ModelError as e:  # headers are already sent: the error travels as an event
         yield ServerSentEvent(event="error", data={"error": e.message, "status": e.status})

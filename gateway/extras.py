@@ -19,7 +19,7 @@ from gateway.shapes import (
     RosterRequest,
     RosterResponse,
 )
-from gateway.stories import candidates, respond, roster
+from gateway.stories import candidates, complete_sections, respond, roster
 
 router = APIRouter()
 ERRORS = {code: {"model": ErrorResponse, "description": text} for code, text in {
@@ -34,13 +34,11 @@ async def generate_candidates(http: Request, body: GenerateRequest, client: Clie
     """One story, or with n > 1 the first of n candidates plus all of them in `candidates`."""
     started = time.perf_counter()
     request = BackstoryRequest.model_validate(body.model_dump(exclude={"n"}))
-    if body.n == 1:  # one row, batched with other requests' rows by the model service
-        return BackstoryResponse(**respond(http, request, await client.generate(request),
-                                           started).model_dump())
-    rows = candidates(request, body.n)
-    stories = [respond(http, row, result, started)
-               for row, result in zip(rows, await client.generate_many(rows))]
-    return BackstoryResponse(**stories[0].model_dump(), candidates=stories)
+    rows = candidates(request, body.n) if body.n > 1 else [request]
+    results = await complete_sections(client, rows, await client.generate_many(rows))
+    stories = [respond(http, row, result, started) for row, result in zip(rows, results)]
+    return BackstoryResponse(**stories[0].model_dump(),
+                             candidates=stories if body.n > 1 else None)
 
 
 @router.post("/api/roster", response_model=RosterResponse, response_model_exclude_none=True,
@@ -52,8 +50,8 @@ async def make_roster(http: Request, body: RosterRequest, client: Client) -> Ros
     shared = BackstoryRequest(**body.model_dump(exclude={"characters"}),
                              **body.characters[0].model_dump())
     rows = roster(shared, [(c.name, c.description) for c in body.characters])
-    stories = [respond(http, row, result, started)
-               for row, result in zip(rows, await client.generate_many(rows))]
+    results = await complete_sections(client, rows, await client.generate_many(rows))
+    stories = [respond(http, row, result, started) for row, result in zip(rows, results)]
     return RosterResponse(stories=stories, seconds=round(time.perf_counter() - started, 3))
 
 

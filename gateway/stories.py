@@ -11,7 +11,7 @@ import time
 from fastapi import Request
 
 from backstory.config import get_settings
-from backstory.controls import split_sections
+from backstory.controls import fill_requests, join_sections, split_sections
 from backstory.schemas import BackstoryRequest, Generation, Steering, Story
 
 SEEDS = 2**32
@@ -30,6 +30,26 @@ def respond(http: Request, request: BackstoryRequest, result: Generation, starte
     return Story(**fields, **request.model_dump(include=set(Steering.model_fields)),
                  name=request.name, description=request.description,
                  seconds=round(time.perf_counter() - started, 3))
+
+
+async def complete_sections(client, rows: list[BackstoryRequest], results: list[Generation]
+                            ) -> list[Generation]:
+    """Sections mode: split each story, then write every missing section of every row in one
+    more call of the model service (one batch), each with the sections found as context."""
+    results, jobs = list(results), []
+    for i, (row, result) in enumerate(zip(rows, results)):
+        if row.structure == "sections" and not row.section:
+            sections = split_sections(result.backstory)
+            results[i] = result.model_copy(update={"sections": sections})
+            jobs += [(i, key, request) for key, request in
+                     fill_requests(row, sections, result.seed)]
+    if jobs:
+        for (i, key, _), written in zip(jobs, await client.generate_many([r for *_, r in jobs])):
+            sections = {**results[i].sections, key: split_sections(written.backstory)[key]}
+            results[i] = results[i].model_copy(update={
+                "sections": sections, "backstory": join_sections(sections),
+                "tokens": results[i].tokens + written.tokens})
+    return results
 
 
 def with_seed(request: BackstoryRequest) -> BackstoryRequest:

@@ -37,8 +37,8 @@ def test_controls_reach_the_prompt(tok):
     c = BackstoryRequest(**KAYLON, genre="horror", tone="tragic", length="long",
                          setting="The Vess Empire, a desert theocracy.")
     prompt = build_prompt(c.name, c.description, tokenizer=tok, controls=c)
-    for text in ("backstories for characters of horror.", "Make it a horror story",
-                 "The tone is tragic", "four or five paragraphs",
+    for text in ("lore-rich, tragic backstories for characters of horror.",
+                 "Make it a horror story", "Make it tragic", "four or five paragraphs",
                  "Setting: The Vess Empire, a desert theocracy."):
         assert text in prompt
     assert prompt.endswith("<|im_start|>assistant\nKaylon")
@@ -81,6 +81,11 @@ def test_split_sections_finds_every_heading_and_shows_missing_ones():
                    "motivation": "Peace.", "secret": "", "plot_hooks": "A child survives."}
     assert split_sections("no headings at all.") == dict.fromkeys(SECTIONS, "")
     assert split_sections("Origin:\nSecret: x.")["origin"] == ""  # empty counts as missing
+
+
+def test_an_invented_heading_ends_a_section():
+    got = split_sections("Origin: Ember said: go.\nTipping Point: junk.\nSecret: x.\nTitle: y")
+    assert got["origin"] == "Ember said: go." and got["secret"] == "x."
 
 
 def test_join_then_split_round_trips():
