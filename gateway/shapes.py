@@ -78,5 +78,9 @@ class ExportStory(Steering):
     model: str = Field(max_length=200)
     sections: dict[Section, Annotated[str, Field(max_length=_s.section_max_chars)]] | None = None
 
+    model_config = {"json_schema_extra": {"examples": [{
+        **KAYLON, "backstory": "Kaylon was forged in the foundries of Vhar. They remember.",
+        "seed": 42, "model": "smollm2-135m-instruct", "genre": "sci-fi", "tone": "grim"}]}}
+
 
 ExportFormat = Literal["markdown", "json", "card"]
