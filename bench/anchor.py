@@ -10,7 +10,10 @@ same prompt tokens as ours and the baseline, and decodes the same way.
 Sampling as ours: temperature, top-k, top-p, repetition penalty and the request's seed; no
 min-p or typical-p (llama.cpp's defaults add min-p 0.05). Two differences are llama.cpp's own:
 its repetition penalty looks at the last 64 generated tokens, not the prompt, and it draws from
-its own RNG, so a seed gives a different story than ours. Every end-of-generation token is
+its own RNG, so a seed gives a different story than ours (and not always the same one twice:
+a prompt read from llama.cpp's prefix cache gives logits a rounding apart from one read whole,
+enough to move a sampled draw; the cache stays, as in llama.cpp's server, since it saves
+reading the shared system turn again). Every end-of-generation token is
 suppressed and exactly `max_new_tokens` are generated, as the bench asks (min = max).
 """
 
