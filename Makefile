@@ -11,7 +11,8 @@ export HF_HUB_OFFLINE ?= 1
 export BENTOML_DO_NOT_TRACK := true
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: serve test lint distill train train-scratch train-gpu eval bench build clean
+.PHONY: serve test lint distill train train-scratch train-gpu eval eval-controls bench build container \
+	run-container clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -56,8 +57,19 @@ eval: $(VENV)/.dev $(BASE)  ## our fine-tune against the zero-shot base (trainin
 	$(BIN)/python -m training.evaluate --model models/backstory --compare \
 	    "model=smollm2-135m-instruct,instruction=short" "model=models/backstory"
 
-bench: $(VENV)/.dev $(BASE)  ## serving benchmark against the naive baseline -> BENCHMARKS.md
+eval-controls: $(VENV)/.dev $(BASE)  ## does the served model follow each control? -> training/controls.md
+	$(BIN)/python -m training.controls --out training/controls.md
+
+bench: $(VENV)/.dev $(BASE)  ## serving benchmark against the naive baseline and llama.cpp (if `make bench-anchor` installed it) -> BENCHMARKS.md
 	$(BIN)/python -m bench
+
+# The bench's llama.cpp anchor. PyPI has only the sdist, which compiles llama.cpp (about 14 minutes
+# on 2 cores): the wheel is built once into .cache/wheels and installed from there afterwards.
+LLAMA_CPP := llama-cpp-python==0.3.36
+.PHONY: bench-anchor
+bench-anchor: $(VENV)/.dev  ## llama-cpp-python for `make bench` (built from source once, about 14 min)
+	$(BIN)/pip wheel -q --no-deps --find-links .cache/wheels -w .cache/wheels "$(LLAMA_CPP)"
+	$(BIN)/pip install -q --find-links .cache/wheels "$(LLAMA_CPP)"
 
 build: $(BASE)  ## the Bento (bentofile.yaml) with the merged model; containerize needs Docker
 	$(BIN)/python -m backstory.store
