@@ -70,8 +70,12 @@ def table(r: dict) -> list[str]:
                        f"{row['tokens_per_s']:.0f} | {ms(row['p50_s'])} | {ms(row['p95_s'])} | "
                        f"{ms(row['p99_s'])} | {ttft} | {errors} | "
                        f"{mib(lv['rss_bytes'].get(name))} |")
+    anchor = (" llama.cpp's process also holds the Python tokenizer that builds our prompt "
+              "(transformers, torch)." if any(ANCHOR in lv["summary"] for lv in r["levels"])
+              else "")
     out += ["", "Medians over repeats. Peak RSS: the model-service worker (ours) or the "
-            "server's process, the largest seen during the level.", "", *ratio_table(r)]
+            f"server's process, the largest seen during the level.{anchor}", "",
+            *ratio_table(r)]
     samples = sorted({e for lv in r["levels"] for e in lv["error_samples"]})
     return out + ([""] + [f"- error: `{e}`" for e in samples] if samples else [])
 

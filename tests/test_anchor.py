@@ -78,6 +78,7 @@ def test_report_shows_the_anchor_its_ratios_and_both_targets(tmp_path):
     assert "- ❌ Throughput at 32 clients ≥ 8x llama.cpp: 7.00x (700 vs 100" in report
     assert "llama-cpp-python 0.3.36 on the packaged GGUF file `SmolLM2-135M-Instruct" in report
     assert "llama.cpp 128 MiB" in report  # idle memory
+    assert "also holds the Python tokenizer" in report  # what its RSS counts
     assert report.count("- ✅") + report.count("- ❌") + report.count("- ➖") == 8
     saved = json.loads((tmp_path / "latest.json").read_text())
     assert saved["levels"][1]["anchor_ratios"]["throughput"]["median"] == pytest.approx(7.0)
@@ -88,7 +89,7 @@ def test_report_without_the_anchor_says_why_and_shows_no_column_or_target(tmp_pa
     report = write(fabricated(anchor=False), tmp_path)
     assert "**llama.cpp** (anchor): not run, not installed (make bench-anchor)." in report
     assert "| llama.cpp |" not in report and "ours/llama.cpp" not in report
-    assert "x llama.cpp" not in report
+    assert "x llama.cpp" not in report and "Python tokenizer" not in report
     assert report.count("- ✅") + report.count("- ❌") + report.count("- ➖") == 6
     assert "anchor_ratios" not in json.loads((tmp_path / "latest.json").read_text())["levels"][0]
 
