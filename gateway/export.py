@@ -58,7 +58,8 @@ def as_json(story: ExportStory) -> str:
 def first_message(story: ExportStory) -> str:
     """The card's greeting: the story's opening paragraph, as narration (in asterisks, as chat
     front-ends show actions), so the chat starts inside the character's lore."""
-    first = body_paragraphs(story)[0]
+    # Every section may be empty (the model wrote none): then the whole story, whatever it is.
+    first = next(iter(body_paragraphs(story)), story.backstory.strip())
     for heading in SECTIONS.values():
         first = first.removeprefix(f"{heading}: ")
     return f"*{first}*"
@@ -72,7 +73,8 @@ def scenario(story: ExportStory) -> str:
         parts += [story.sections[k] for k in ("turning_point", "plot_hooks")
                   if story.sections.get(k)]
     else:
-        parts.append(" ".join(split_sentences(body_paragraphs(story)[-1])[-2:]))
+        last = (body_paragraphs(story) or [""])[-1]
+        parts.append(" ".join(split_sentences(last)[-2:]))
     return "\n\n".join(p for p in parts if p)
 
 

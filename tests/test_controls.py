@@ -141,3 +141,12 @@ def test_sections_export_shows_missing_sections():
     data = export.card(story)["data"]
     assert data["first_mes"] == "*Kaylon was built.*"
     assert data["extensions"]["backstory_generator"]["sections"]["secret"] == "They lie."
+
+
+@pytest.mark.parametrize("fmt", ["markdown", "json", "card"])
+@pytest.mark.parametrize("story", [
+    {"backstory": "0", "sections": {"motivation": ""}},  # every section empty (found by fuzzing)
+    {"backstory": " "}])
+def test_export_of_a_story_with_nothing_in_it_is_still_a_file(fmt, story):
+    empty = ExportStory(name="Zed", description="x", seed=0, model="m", **story)
+    assert export.render(empty, fmt)
