@@ -75,7 +75,10 @@ def form_schema(schema: dict) -> dict:
                  if prop.get(k) is not None}
         return {**kept, **notes}
 
-    return {**schema, "properties": {k: not_null(v) for k, v in schema["properties"].items()}}
+    # A form field is text: objects (a re-roll's `context`) are for JSON bodies only.
+    fields = {k: not_null(v) for k, v in schema["properties"].items()}
+    return {**schema, "properties": {k: v for k, v in fields.items()
+                                     if v.get("type") not in ("object", "array")}}
 
 
 JSON_SCHEMA = GenerateRequest.model_json_schema()

@@ -18,7 +18,13 @@ from pydantic import BaseModel, ValidationError
 from backstory.schemas import Generation, PromptRequest
 from gateway.client import ModelClient, ModelError
 from gateway.deps import Client
-from gateway.openai_schemas import ChatCompletionRequest, CompletionRequest, Sampling
+from gateway.openai_schemas import (
+    ERRORS,
+    ChatCompletionRequest,
+    CompletionRequest,
+    Sampling,
+    body_doc,
+)
 
 router = APIRouter(prefix="/v1", tags=["OpenAI-compatible"])
 T = TypeVar("T", bound=BaseModel)
@@ -76,7 +82,7 @@ async def model_name(client: ModelClient) -> str:
     return client.model_name
 
 
-@router.get("/models")
+@router.get("/models", responses=ERRORS)
 async def models(client: Client) -> dict:
     """The one model this server runs."""
     name = await model_name(client)
@@ -84,16 +90,14 @@ async def models(client: Client) -> dict:
                                         "owned_by": "backstory-generator"}]}
 
 
-@router.post("/chat/completions", openapi_extra={"requestBody": {"required": True, "content": {
-    "application/json": {"schema": ChatCompletionRequest.model_json_schema()}}}})
+@router.post("/chat/completions", openapi_extra=body_doc(ChatCompletionRequest), responses=ERRORS)
 async def chat_completions(http: Request, client: Client):
     """Chat: the messages through the model's chat template."""
     body = await parse(http, ChatCompletionRequest)
     return await answer(client, body, body.requests(random.getrandbits(32)), chat=True)
 
 
-@router.post("/completions", openapi_extra={"requestBody": {"required": True, "content": {
-    "application/json": {"schema": CompletionRequest.model_json_schema()}}}})
+@router.post("/completions", openapi_extra=body_doc(CompletionRequest), responses=ERRORS)
 async def completions(http: Request, client: Client):
     """Raw text continued as is."""
     body = await parse(http, CompletionRequest)

@@ -80,3 +80,27 @@ class CompletionRequest(Sampling):
     def requests(self, drawn: int) -> list[PromptRequest]:
         return [PromptRequest(prompt=p, **self.options(i, self.max_tokens, drawn))
                 for p in self.prompts() for i in range(self.n)]
+
+
+def body_doc(shape: type[BaseModel]) -> dict:
+    """The request body in the OpenAPI document, its $defs inlined (a $ref to "#/$defs/..."
+    does not resolve inside an OpenAPI document)."""
+    schema = shape.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def inline(node):
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return inline(defs[ref.removeprefix("#/$defs/")])
+            return {k: inline(v) for k, v in node.items()}
+        return [inline(v) for v in node] if isinstance(node, list) else node
+
+    return {"requestBody": {"required": True,
+                            "content": {"application/json": {"schema": inline(schema)}}}}
+
+
+ERRORS = {code: {"description": text} for code, text in {
+    400: "Malformed body", 401: "API key missing or wrong", 422: "Invalid or unsupported field",
+    429: "Busy: retry after Retry-After seconds", 502: "Model service failed",
+    503: "Model service unavailable", 504: "Model service timed out"}.items()}

@@ -13,7 +13,11 @@ def test_api_conforms_to_its_schema(server):
     # Driven by hand rather than schemathesis' pytest plugin, whose lazy fixture loading does
     # not work with pytest 9.
     schema = schemathesis.openapi.from_url(f"{server}/openapi.json")
-    operations = [result.ok() for result in schema.get_all_operations()]
+    # Not /v1: OpenAI's request shape has rules a JSON schema cannot state (n with stream, the
+    # parameters refused), so schema-valid bodies are rightly refused there; tests/test_openai.py
+    # covers those routes with the real openai client.
+    operations = [op for op in (result.ok() for result in schema.get_all_operations())
+                  if not op.path.startswith("/v1/")]
     assert {op.path for op in operations} >= {"/api/generate", "/generate", "/api/stream"}
     for operation in operations:
         @given(case=operation.as_strategy())
