@@ -77,8 +77,7 @@ class Backstory:
         """Whole backstories: each request joins the running batch at the next step. Not
         BentoML's adaptive batching, whose latency model refused bursts with 503s and whose
         batches ran to the end before the next began (backstory/scheduler.py)."""
-        self._ready_engine()
-        return list(await asyncio.gather(*(self.scheduler.complete(r) for r in requests)))
+        return await self._completed(requests)
 
     @bentoml.api
     async def stream(self, request: BackstoryRequest) -> AsyncGenerator[str, None]:
@@ -89,14 +88,18 @@ class Backstory:
     @bentoml.api
     async def complete(self, requests: list[PromptRequest]) -> list[Generation]:
         """Free prompts (the OpenAI-compatible routes), in the same running batch."""
-        self._ready_engine()
-        return list(await asyncio.gather(*(self.scheduler.complete(r) for r in requests)))
+        return await self._completed(requests)
 
     @bentoml.api
     async def stream_prompt(self, request: PromptRequest) -> AsyncGenerator[str, None]:
         """A free prompt's text as it is generated, as `stream` sends it."""
         async for line in self._lines(request):
             yield line
+
+    async def _completed(self, requests: list[BackstoryRequest] | list[PromptRequest]
+                         ) -> list[Generation]:
+        self._ready_engine()
+        return list(await asyncio.gather(*(self.scheduler.complete(r) for r in requests)))
 
     async def _lines(self, request: BackstoryRequest | PromptRequest) -> AsyncGenerator[str, None]:
         self._ready_engine()
