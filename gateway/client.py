@@ -10,6 +10,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from functools import cache
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -56,21 +57,37 @@ class Admission:
     """The rows this gateway has in the model service, at most `limit` (max_concurrency): a
     burst over it is refused here, at once, with 429. Not left to the model service's own limit
     alone: it answers 429 before reading the request body, and the depends proxy's connection,
-    still writing the body, sees a reset (a 503 after a retry, in a burst of 200: issue 10)."""
+    still writing the body, sees a reset (a 503 after a retry, in a burst of 200: issue 10).
+
+    A request takes its first row on arrival (gateway/middleware.py), before its body is read:
+    in a burst the first `limit` arrivals are admitted and each other one is refused without
+    parsing. The rows it then asks for (`rows(n)`: a roster takes several) count that one."""
 
     def __init__(self, limit: int):
         self.limit, self.used = limit, 0  # one event loop per gateway worker: no lock needed
 
+    @property
+    def busy(self) -> ModelError:
+        return ModelError(429, f"the model service is busy ({self.limit} rows in flight); "
+                          "retry shortly", retry_after=1)
+
     @contextmanager
     def rows(self, n: int) -> Iterator[None]:
-        if self.used + n > self.limit:
-            raise ModelError(429, f"the model service is busy ({self.limit} rows in flight); "
-                             "retry shortly", retry_after=1)
-        self.used += n
+        held = _held.get()
+        more = max(n - held, 0)
+        if self.used + more > self.limit:
+            raise self.busy
+        self.used += more
+        _held.set(held + more)
         try:
             yield
-        finally:
-            self.used -= n
+        finally:  # not ContextVar.reset: a streamed body's generator ends in another context
+            self.used -= more
+            _held.set(held)
+
+
+# The rows the current request holds (a context variable: each request is its own task).
+_held: ContextVar[int] = ContextVar("held_rows", default=0)
 
 
 class ModelClient:

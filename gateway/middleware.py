@@ -6,14 +6,19 @@ import json
 import logging
 import time
 import uuid
+from contextlib import ExitStack
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from backstory.config import get_settings
+from gateway.client import ModelError
 
 log = logging.getLogger("backstory.access")
 PROTECTED = ("/api/", "/generate", "/v1/")
+# The routes that take rows in the model service (gateway/client.py's Admission).
+MODEL_ROUTES = {"/api/generate", "/generate", "/api/stream", "/api/roster", "/api/reroll",
+                "/v1/chat/completions", "/v1/completions"}
 CSP = (b"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
        b"connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
 # /docs and /redoc start Swagger UI / ReDoc (served from DOCS_ASSETS) with an inline script.
@@ -62,7 +67,14 @@ class GatewayMiddleware:
             if error := self.refuse(path, headers):
                 status, text = error
                 return await self.reply(send_wrapper, status, text, path)
-            await self.app(scope, self.limited(receive), send_wrapper)
+            with ExitStack() as held:
+                try:
+                    self.admit(scope, held)
+                except ModelError as busy:
+                    await self.drain(receive)
+                    return await self.reply(send_wrapper, busy.status, busy.message, path,
+                                            [(b"retry-after", str(busy.retry_after).encode())])
+                await self.app(scope, self.limited(receive), send_wrapper)
         except _TooLarge:
             await self.reply(send_wrapper, 413,
                              f"request body larger than {self.settings.max_body_bytes} bytes", path)
@@ -83,6 +95,23 @@ class GatewayMiddleware:
             return 413, f"request body larger than {self.settings.max_body_bytes} bytes"
         return None
 
+    @staticmethod
+    def admit(scope, held: ExitStack) -> None:
+        """A model route takes its first row in the model service on arrival (held until its
+        response is sent), or is refused with ModelError 429 before its body is parsed: in a
+        burst a refusal costs the event loop microseconds, not a request's worth of parsing
+        (gateway/client.py's Admission)."""
+        client = getattr(scope["app"].state, "client", None)
+        if scope["path"] in MODEL_ROUTES and client is not None:
+            held.enter_context(client.admission.rows(1))
+
+    async def drain(self, receive) -> None:
+        """Read (and drop) a refused request's body: replying while the client is still
+        writing it would reset the connection under it."""
+        message = {"more_body": True}
+        while message.get("more_body") and message.get("type") != "http.disconnect":
+            message = await self.limited(receive)()
+
     def limited(self, receive):
         """Count body bytes as they arrive: Content-Length can be absent (chunked uploads)."""
         seen = 0
@@ -98,14 +127,15 @@ class GatewayMiddleware:
         return wrapped
 
     @staticmethod
-    async def reply(send, status: int, text: str, path: str) -> None:
+    async def reply(send, status: int, text: str, path: str,
+                    extra: list[tuple[bytes, bytes]] | None = None) -> None:
         if path.startswith("/v1/"):  # the OpenAI-compatible routes answer in OpenAI's shape
             from gateway.openai import error_body
 
             body = json.dumps(error_body(status, text)).encode()
         else:
             body = json.dumps({"error": text}).encode()
-        extra = [(b"www-authenticate", b"Bearer")] if status == 401 else []
+        extra = [*(extra or []), *([(b"www-authenticate", b"Bearer")] if status == 401 else [])]
         await send({"type": "http.response.start", "status": status, "headers": [
             (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
             *extra]})

@@ -1,6 +1,7 @@
 """The gateway with TestClient. The model service is replaced at the one named seam: the factory
 that `gateway.client.ModelClient` calls for a BentoML client (here `FakeModelService`)."""
 
+import contextvars
 import json
 
 import httpx
@@ -166,3 +167,26 @@ def test_openapi_docs_stay_and_need_no_cdn(client):
         assert "unsafe-inline" not in client.get("/").headers["content-security-policy"]
         js = client.get(f"/docs-assets/{asset}")
         assert js.status_code == 200 and len(js.content) > 100_000
+
+
+def test_a_full_gateway_refuses_model_routes_on_arrival_before_reading_the_body(fake):
+    model = app.state.client = ModelClient(lambda: fake, max_rows=2)
+    client = TestClient(app)
+    # Two rows held by other requests: each request is a task with a context of its own.
+    others, rows = contextvars.Context(), model.admission.rows(2)
+    others.run(rows.__enter__)
+    try:
+        for method, path, body in [("POST", "/api/generate", {"name": ""}),  # invalid: not parsed
+                                   ("GET", "/api/stream", None), ("POST", "/api/roster", {}),
+                                   ("POST", "/v1/completions", {})]:
+            r = client.request(method, path, json=body)
+            assert r.status_code == 429 and r.headers["retry-after"] == "1", (path, r.text)
+        # /v1 answers in OpenAI's error shape
+        assert r.json()["error"]["type"] and "busy" in r.json()["error"]["message"]
+        assert client.get("/status").status_code == 200 and fake.calls == []
+    finally:
+        others.run(rows.__exit__, None, None, None)
+    # A request's arrival row is one of the rows it asks for: a roster of 2 fits in 2.
+    r = client.post("/api/roster", json={"characters": [FORM, FORM]})
+    assert r.status_code == 200 and model.admission.used == 0 and len(fake.calls[0]) == 2
+    assert client.post("/api/roster", json={"characters": [FORM] * 3}).status_code == 429

@@ -2,6 +2,7 @@
 max_concurrency is served, nothing hangs. Every load is bounded in count and time."""
 
 import asyncio
+import json
 import time
 
 import httpx
@@ -74,7 +75,8 @@ def test_load_500_requests_64_clients_all_answered_nothing_stuck(small_server):
     assert httpx.get(f"{small_server}/status", timeout=10).json()["in_flight"] == 0
 
 
-def test_a_burst_is_served_up_to_max_concurrency_and_the_rest_refused_at_once(tiny_model):
+def test_a_burst_is_served_up_to_max_concurrency_and_the_rest_refused_at_once(tiny_model,
+                                                                               tmp_path):
     """200 requests at once against max_concurrency 64: each one admitted answers 200 (no
     latency model may turn them into 503s), each other one gets 429 with Retry-After: 1, at once,
     and /status answers throughout."""
@@ -97,13 +99,23 @@ def test_a_burst_is_served_up_to_max_concurrency_and_the_rest_refused_at_once(ti
                 asyncio.gather(*(one(i) for i in range(200)), watch()), 300)
             return results, health
 
-    with bentoml_serve(str(tiny_model), env={"BACKSTORY_MAX_CONCURRENCY": "64"}) as url:
+    log = tmp_path / "serve.log"
+    with bentoml_serve(str(tiny_model), env={"BACKSTORY_MAX_CONCURRENCY": "64"},
+                       log_path=log) as url:
         results, health = asyncio.run(burst(url))
     statuses = [s for s, _, _ in results]
     assert set(statuses) <= {200, 429}, sorted(set(statuses))
     assert statuses.count(200) >= 64 and set(health) == {200}
-    refused = sorted(seconds for status, seconds, _ in results if status == 429)
     assert all(h["retry-after"] == "1" for status, _, h in results if status == 429)
-    # Refused at once, not queued behind the stories: p50 0.66-1.2 s measured on 2 cores that
-    # the client, the gateway and the model service's prefill of 64 rows all share.
-    assert refused and refused[len(refused) // 2] < 2.0
+    # Refused at once: on arrival, before the body is parsed, not queued behind the stories.
+    # Timed in the gateway (its access log), not by this client: 200 httpx requests at once cost
+    # the client itself 0.8-1.1 s p50 here, even against a server that only answers 429. The
+    # gateway's own p50 was 0.6-0.8 ms (it was 490 ms when the routes refused after parsing).
+    refused = sorted(line["ms"] for line in access_log(log) if line["status"] == 429)
+    assert len(refused) == statuses.count(429) and refused[len(refused) // 2] < 50
+
+
+def access_log(path) -> list[dict]:
+    """The gateway's access log lines (one JSON object each) among the server's output."""
+    lines = (line[line.find('{"request_id"'):] for line in path.read_text().splitlines())
+    return [json.loads(line) for line in lines if line.startswith('{"request_id"')]
