@@ -61,7 +61,7 @@ class Backstory:
             self.error = f"model {settings.model!r} failed to load: {e}"
             raise
         self.scheduler = Scheduler(engine, settings.max_batch_size, settings.batch_wait_ms,
-                                   settings.prefill_tokens)
+                                   settings.prefill_tokens, lean=settings.decode == "lean")
         self.engine = engine
 
     def __is_ready__(self) -> bool:

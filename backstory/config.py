@@ -36,6 +36,10 @@ class Settings(BaseSettings):
     quantize: Literal["none", "int8"] = Field(
         "none", description="CPU: int8 weights in every linear layer (dynamic quantization); a "
         "seeded story then depends on its batch mates.")
+    decode: Literal["lean", "transformers"] = Field(
+        "lean", description="Served decode loop: lean = ours over a llama model's modules with a "
+        "KV cache of slots (backstory/llama.py); transformers = the model's forward with its "
+        "DynamicCache (other architectures always).")
     threads: int = Field(0, ge=0, description="torch CPU threads; 0 = all cores.")
     gpus: int = Field(0, ge=0, le=8, description="GPUs the model service asks its scheduler for.")
     max_batch_size: int = Field(32, ge=1, le=256, description="Rows in the running batch; more "

@@ -3,10 +3,11 @@ next step, whether it streams (GET /api/stream) or waits for the whole story (RE
 
 One thread owns a decoding loop over a running batch. Each step it prefills rows that arrived
 (together, up to a token budget, so a crowd of long prompts does not stall the running rows for
-seconds), merges their KV cache into the batch's (backstory/batch.py), samples every row with its
-own settings and seed (backstory/sampling.py), sends streaming rows their text, and drops finished
-rows. There are no cohorts: a row that arrives never waits for a running batch to end, and a
-burst only waits for free rows (max_batch_size) in arrival order.
+seconds) into the next free slots of the lean path's KV cache (backstory/llama.py; models other
+than llama merge their transformers cache into the batch's: backstory/batch.py), samples every
+row with its own settings and seed (backstory/sampling.py), sends streaming rows their text, and
+drops finished rows. There are no cohorts: a row that arrives never waits for a running batch to
+end, and a burst only waits for free rows (max_batch_size) in arrival order.
 
 BentoML's adaptive batching is not used: it ran whole batches to the end (head-of-line waits) and
 its latency model refused bursts with 503s (issue 10). transformers' own continuous batching was
@@ -26,6 +27,7 @@ import torch
 from backstory.batch import Batch, merge, positions, select, trim
 from backstory.detokenize import TextStream
 from backstory.engine import Engine
+from backstory.llama import SlotCache, supports
 from backstory.sampling import RowSampler, RowSettings
 from backstory.schemas import BackstoryRequest, Generation, PromptRequest
 from backstory.telemetry import Timings, telemetry
@@ -48,9 +50,14 @@ class Row:
 class Scheduler:
     """The decoding loop behind the model service's routes: one thread, one running batch."""
 
-    def __init__(self, engine: Engine, max_batch: int, wait_ms: int, prefill_tokens: int = 2048):
+    def __init__(self, engine: Engine, max_batch: int, wait_ms: int, prefill_tokens: int = 2048,
+                 lean: bool = True):
         self.engine, self.max_batch, self.wait_s = engine, max_batch, wait_ms / 1000
         self.prefill_tokens = prefill_tokens
+        # The lean decode path (backstory/llama.py) where the model is a llama; else (GPT-2
+        # models trained from scratch) transformers' forward with its DynamicCache.
+        self.slots = (SlotCache(engine.model, max_batch, engine.context)
+                      if lean and supports(engine.model) else None)
         self.waiting: queue.Queue[Row] = queue.Queue()
         self.pending: list[Row] = []  # admitted, not yet prefilled (over the token budget)
         self.thread: threading.Thread | None = None
@@ -107,6 +114,8 @@ class Scheduler:
                 self._fail(batch.rows, e)
                 batch = None
             if batch is None:  # idle until the next row: the gauges must say so now
+                if self.slots is not None:
+                    self.slots.clear()
                 self.metrics.idle(self.waiting.qsize() + len(self.pending))
 
     def _admit(self, running: int) -> list[Row]:
@@ -150,6 +159,8 @@ class Scheduler:
             row.text = TextStream(engine.tokenizer, row.settings, engine.opener(row.request),
                                   emit)
         with engine.lock:
+            if self.slots is not None:  # into the slots after the running rows'
+                return Batch(rows, ids, mask, self.slots, self.slots.prefill(ids, mask))
             out = engine.model(input_ids=ids, attention_mask=mask, position_ids=positions(mask),
                                use_cache=True)
         return Batch(rows, ids, mask, out.cache, out.logits[:, -1].float())
@@ -185,11 +196,15 @@ class Scheduler:
         tokens = tokens[:, None]
         mask = torch.cat([batch.mask, torch.ones_like(tokens)], dim=1)
         with self.engine.lock:
-            out = self.engine.model(input_ids=tokens, attention_mask=mask,
-                                    position_ids=mask.sum(1, keepdim=True) - 1,
-                                    cache=batch.cache, use_cache=True)
-        return Batch(batch.rows, torch.cat([batch.history, tokens], dim=1), mask, out.cache,
-                     out.logits[:, -1].float(), batch.sampler)
+            if isinstance(batch.cache, SlotCache):
+                cache, logits = batch.cache, batch.cache.decode_one_token(tokens[:, 0])
+            else:
+                out = self.engine.model(input_ids=tokens, attention_mask=mask,
+                                        position_ids=mask.sum(1, keepdim=True) - 1,
+                                        cache=batch.cache, use_cache=True)
+                cache, logits = out.cache, out.logits[:, -1].float()
+        return Batch(batch.rows, torch.cat([batch.history, tokens], dim=1), mask, cache, logits,
+                     batch.sampler)
 
     def _fail(self, rows: list[Row], error: Exception) -> None:
         for row in rows:

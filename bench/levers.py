@@ -83,12 +83,12 @@ def variant(engine: Engine, **update) -> Engine:
 
 
 @functools.cache
-def scheduled(engine: Engine) -> Run:
+def scheduled(engine: Engine, lean: bool = True) -> Run:
     """What the model service runs since issue 10: every request submitted at once to the
     continuous-batching scheduler, which joins them into its running batch."""
     from backstory.scheduler import Scheduler
 
-    scheduler = Scheduler(engine, max_batch=256, wait_ms=0)
+    scheduler = Scheduler(engine, max_batch=256, wait_ms=0, lean=lean)
 
     def run(requests: list[BackstoryRequest]) -> None:
         async def all_of() -> list:
@@ -106,8 +106,11 @@ DESCRIPTIONS = {
     "engine_int8": "the same with int8 weights in every linear layer (BACKSTORY_QUANTIZE=int8, "
                    "dynamic quantization)",
     "engine_scheduler": "the served path: the requests joined by our continuous-batching "
-                        "scheduler (backstory/scheduler.py), decode loop over the model's forward",
-    "engine_scheduler_int8": "the same with BACKSTORY_QUANTIZE=int8",
+                        "scheduler (backstory/scheduler.py), our decode loop over the model's "
+                        "modules with a KV cache of slots (backstory/llama.py)",
+    "engine_scheduler_transformers": "the same scheduler over the model's forward and its "
+                                     "DynamicCache (BACKSTORY_DECODE=transformers)",
+    "engine_scheduler_int8": "the served path with BACKSTORY_QUANTIZE=int8",
     "generate": "plain transformers generate() with its own sampling processors",
     "no_grad": "the same under torch.no_grad instead of inference_mode",
     "static": "the same with a static KV cache",
@@ -127,6 +130,7 @@ def levers(engine: Engine, new_tokens: int) -> dict[str, Run]:
         "engine_bf16": lambda reqs: variant(engine, dtype="bfloat16").generate(reqs),
         "engine_int8": lambda reqs: variant(engine, quantize="int8").generate(reqs),
         "engine_scheduler": scheduled(engine),
+        "engine_scheduler_transformers": scheduled(engine, lean=False),
         "engine_scheduler_int8": lambda reqs: scheduled(variant(engine, quantize="int8"))(reqs),
         "generate": hf_generate(engine, sampling(engine, new_tokens)),
         "no_grad": hf_generate(engine, sampling(engine, new_tokens), torch.no_grad),

@@ -68,7 +68,7 @@ def run_bench(*args: str, timeout: float = 420) -> None:
 
 
 LEVERS = ("engine", "engine_1thread", "engine_bf16", "engine_int8", "engine_scheduler",
-          "engine_scheduler_int8", "generate", "static")
+          "engine_scheduler_transformers", "engine_scheduler_int8", "generate", "static")
 
 
 def test_levers_are_each_measured_and_reported(tiny_model, tmp_path):

@@ -45,8 +45,10 @@ def run(coro):
     return asyncio.run(coro)
 
 
-def test_joining_rows_get_their_own_story_alone_or_together(engine):
-    batcher = Scheduler(engine, max_batch=8, wait_ms=0)
+@pytest.mark.parametrize("lean", [True, False], ids=["lean", "transformers"])
+def test_joining_rows_get_their_own_story_alone_or_together(engine, lean):
+    """Both decode loops: ours with slots (llama models) and the model's forward (any model)."""
+    batcher = Scheduler(engine, max_batch=8, wait_ms=0, lean=lean)
     alone = [run(consume(batcher, r)) for r in REQUESTS]
 
     async def together():  # the second and third join while the first is running

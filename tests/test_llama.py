@@ -1,0 +1,84 @@
+"""The lean decode path (backstory/llama.py) against transformers' own forward, on the tiny llama:
+the same next-token logits after a padded prefill, decode steps, rows leaving and rows joining
+a running batch (each at its own position), and growing its cache past a bucket."""
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
+
+from backstory.llama import BUCKET, SlotCache, supports
+
+PROMPTS = ["Name: Aldric\nDescription: A knight of the marches.", "Hi",
+           "Once upon a time there was a dragon named Ember who lived under the mountain."]
+
+
+@pytest.fixture(scope="module")
+def model_and_tokenizer(tiny_model):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model, padding_side="left")
+    return AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval(), tokenizer
+
+
+class Reference:
+    """transformers' forward with its DynamicCache, one row at a time (no padding at all)."""
+
+    def __init__(self, model, ids: list[int]):
+        self.model, self.cache, self.length = model, DynamicCache(), 0
+        self.logits = self.step(ids)
+
+    @torch.inference_mode()
+    def step(self, ids: list[int]) -> torch.Tensor:
+        position = torch.arange(self.length, self.length + len(ids))[None]
+        out = self.model(input_ids=torch.tensor([ids]), position_ids=position, cache=self.cache,
+                         use_cache=True)
+        self.length += len(ids)
+        self.logits = out.logits[0, -1].float()
+        return self.logits
+
+
+def encode(tokenizer, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    enc = tokenizer(prompts, return_tensors="pt", padding=True)
+    return enc["input_ids"], enc["attention_mask"]
+
+
+def test_slots_match_transformers_through_prefill_decode_leave_and_join(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    assert supports(model)
+    torch.manual_seed(0)
+    slots = SlotCache(model, max_rows=4, max_len=1024)
+    ids, mask = encode(tokenizer, PROMPTS[:2])  # two prompts of different lengths: padding
+    refs = [Reference(model, tokenizer(p)["input_ids"]) for p in PROMPTS]
+    logits = slots.prefill(ids, mask)
+    running = [0, 1]
+
+    def check(logits: torch.Tensor) -> None:
+        expected = torch.stack([refs[i].logits for i in running])
+        torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-5)
+
+    check(logits)
+    for step in range(BUCKET + 8):  # across a bucket boundary: the cache grows while in use
+        if step == 5:  # the third row joins the running two
+            ids, mask = encode(tokenizer, PROMPTS[2:])
+            logits = torch.cat([logits, slots.prefill(ids, mask)])
+            running.append(2)
+            check(logits)
+        if step == 9:  # the first row leaves: the last one moves into its slot
+            slots.keep([1, 2])
+            logits, running = logits[1:], [1, 2]
+        tokens = torch.randint(0, len(tokenizer), (len(running),))
+        for i, token in zip(running, tokens.tolist()):
+            refs[i].step([token])
+        logits = slots.decode_one_token(tokens)
+        check(logits)
+    assert slots.rows == 2 and slots.span >= BUCKET
+
+
+def test_a_full_cache_refuses_new_rows_and_clear_frees_them(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    slots = SlotCache(model, max_rows=2, max_len=64)
+    ids, mask = encode(tokenizer, PROMPTS[:2])
+    slots.prefill(ids, mask)
+    with pytest.raises(ValueError, match="full"):
+        slots.prefill(*encode(tokenizer, PROMPTS[:1]))
+    slots.clear()
+    assert slots.prefill(ids[:1], mask[:1]).shape[0] == 1 and slots.rows == 1
+
