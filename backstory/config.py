@@ -34,8 +34,8 @@ class Settings(BaseSettings):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="Weights and compute; auto = bfloat16 on CUDA, float32 on CPU.")
     quantize: Literal["none", "int8"] = Field(
-        "none", description="CPU: int8 weights in every linear layer (dynamic quantization); a "
-        "seeded story then depends on its batch mates.")
+        "none", description="CPU: int8 weights in every linear layer (fbgemm, activations "
+        "scaled per row: a seeded story stays the same alone or batched).")
     decode: Literal["lean", "transformers"] = Field(
         "lean", description="Served decode loop: lean = ours over a llama model's modules with a "
         "KV cache of slots (backstory/llama.py); transformers = the model's forward with its "

@@ -99,12 +99,12 @@ def scheduled(engine: Engine, lean: bool = True) -> Run:
 
 
 DESCRIPTIONS = {
-    "engine": "what we serve: Engine.generate (per-row sampler and seeds, inference_mode, "
-              "dynamic KV cache, all cores)",
+    "engine": "Engine.generate, which the evaluation uses (per-row sampler and seeds, "
+              "inference_mode, dynamic KV cache, all cores)",
     "engine_1thread": "the same on one torch thread",
     "engine_bf16": "the same with bfloat16 weights (BACKSTORY_DTYPE=bfloat16)",
     "engine_int8": "the same with int8 weights in every linear layer (BACKSTORY_QUANTIZE=int8, "
-                   "dynamic quantization)",
+                   "fbgemm dynamic quantization, rows scaled apart: RowInt8Linear)",
     "engine_scheduler": "the served path: the requests joined by our continuous-batching "
                         "scheduler (backstory/scheduler.py), our decode loop over the model's "
                         "modules with a KV cache of slots (backstory/llama.py)",
