@@ -96,8 +96,10 @@ def ceiling(r: dict) -> list[str]:
         f"threads): {sizes}. "
         f"At the best, {best / 1e9:.1f} GFLOP/s, the ceiling is {max_tps:,.0f} tokens/s.", "",
         f"Ours at {lv['level']} clients: {ours_tps:,.0f} tokens/s = "
-        f"**{ours_tps / max_tps:.1%} of the ceiling** (the rest goes to per-step Python "
-        "overhead, sampling, small-matrix inefficiency, attention over the KV cache, HTTP).",
+        f"**{ours_tps / max_tps:.1%} of the ceiling**. Profiled on the CPU (README, "
+        "Performance), the rest is the matmuls' own shape: with few rows a step reads every "
+        "weight for little arithmetic (memory-bound), and skinny matmuls run far below the "
+        "square ones' FLOP/s; then prefill, sampling and HTTP.",
     ]
 
 
