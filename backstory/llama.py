@@ -52,8 +52,8 @@ class SlotCache:
         have_rows = self.k[0].shape[0] if self.k else 0
         if rows <= have_rows and span <= self.span:
             return
-        rows = min(max(rows, 2 * have_rows, 4), self.max_rows)
-        span = min(max(up(span), 2 * self.span), self.max_len)
+        rows = have_rows if rows <= have_rows else min(max(rows, 2 * have_rows, 4), self.max_rows)
+        span = self.span if span <= self.span else min(max(up(span), 2 * self.span), self.max_len)
         shape = (rows, self.kv_heads, span, self.head_dim)
         grown = [torch.zeros(shape, dtype=self.cos.dtype) for _ in range(2 * len(self.layers))]
         for old, new in zip(self.k + self.v, grown):
@@ -63,7 +63,8 @@ class SlotCache:
     @torch.inference_mode()
     def prefill(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Joining rows (left-padded prompts) into the next free slots; their next-token logits.
-        They run together, right-aligned to position 0 each, under a causal mask."""
+        They run together, each from position 0 (padding moved to the end), under a causal
+        mask."""
         n = mask.sum(dim=1)
         width = int(n.max())
         if self.rows + len(ids) > self.max_rows or width > self.max_len:
