@@ -108,9 +108,9 @@ class GatewayMiddleware:
     async def drain(self, receive) -> None:
         """Read (and drop) a refused request's body: replying while the client is still
         writing it would reset the connection under it."""
-        message = {"more_body": True}
+        read, message = self.limited(receive), {"more_body": True}  # one count for the body
         while message.get("more_body") and message.get("type") != "http.disconnect":
-            message = await self.limited(receive)()
+            message = await read()
 
     def limited(self, receive):
         """Count body bytes as they arrive: Content-Length can be absent (chunked uploads)."""
