@@ -17,6 +17,7 @@ same as transformers' up to float rounding.
 import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 BUCKET = 64  # attention spans a multiple of this: fewer distinct shapes, little waste
 
@@ -74,7 +75,7 @@ class SlotCache:
         ids = ids.gather(1, (torch.arange(width)[None] + first).clamp(max=ids.shape[1] - 1))
         self._reserve(self.rows + len(ids), width)
         slots = slice(self.rows, self.rows + len(ids))
-        cos, sin = self.cos[None, None, :width], self.sin[None, None, :width]
+        cos, sin = self.cos[None, :width], self.sin[None, :width]  # (1, width, head_dim)
 
         def write(i: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             self.k[i][slots, :, :width], self.v[i][slots, :, :width] = k, v
@@ -95,7 +96,7 @@ class SlotCache:
             raise ValueError(f"a row reached the context length ({self.max_len})")
         span = min(up(int(pos.max()) + 1), self.max_len)
         self._reserve(self.rows, span)
-        cos, sin = self.cos[pos][:, None, None], self.sin[pos][:, None, None]
+        cos, sin = self.cos[pos][:, None], self.sin[pos][:, None]  # (rows, 1, head_dim)
         mask = (torch.arange(span)[None] <= pos[:, None])[:, None, None]  # (rows, 1, 1, span)
 
         def write(i: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -128,7 +129,7 @@ class SlotCache:
         q = attn.q_proj(x).view(b, s, self.heads, self.head_dim).transpose(1, 2)
         k = attn.k_proj(x).view(b, s, self.kv_heads, self.head_dim).transpose(1, 2)
         v = attn.v_proj(x).view(b, s, self.kv_heads, self.head_dim).transpose(1, 2)
-        q, k = rotate(q, cos, sin), rotate(k, cos, sin)
+        q, k = apply_rotary_pos_emb(q, k, cos, sin)  # transformers' own, as its layer does
         keys, values = write(i, k, v)
         out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask,
                                              is_causal=mask is None, scale=attn.scaling,
@@ -142,9 +143,3 @@ class SlotCache:
 def up(n: int) -> int:
     return -(-n // BUCKET) * BUCKET
 
-
-def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotary position embedding, in transformers' llama layout (halves, not interleaved)."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return x * cos + rotated * sin
