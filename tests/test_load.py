@@ -107,10 +107,14 @@ def test_a_burst_is_served_up_to_max_concurrency_and_the_rest_refused_at_once(ti
     assert set(statuses) <= {200, 429}, sorted(set(statuses))
     assert statuses.count(200) >= 64 and set(health) == {200}
     assert all(h["retry-after"] == "1" for status, _, h in results if status == 429)
-    # Refused at once: on arrival, before the body is parsed, not queued behind the stories.
-    # Timed in the gateway (its access log), not by this client: 200 httpx requests at once cost
-    # the client itself 0.8-1.1 s p50 here, even against a server that only answers 429. The
-    # gateway's own p50 was 0.6-0.8 ms (it was 490 ms when the routes refused after parsing).
+    # Refused at once, not queued behind the stories: p50 0.58-1.0 s seen by this client on 2
+    # cores that the client, the gateway and the model service's prefill of 64 rows all share
+    # (200 httpx requests at once cost the client itself 0.8-1.1 s p50 even against a server
+    # that only answers 429) ...
+    seen = sorted(seconds for status, seconds, _ in results if status == 429)
+    assert seen and seen[len(seen) // 2] < 2.0
+    # ... and in the gateway (its access log): on arrival, before the body is parsed, p50
+    # 0.6-0.8 ms (it was 490 ms when the routes refused after parsing).
     refused = sorted(line["ms"] for line in access_log(log) if line["status"] == 429)
     assert len(refused) == statuses.count(429) and refused[len(refused) // 2] < 50
 
