@@ -117,18 +117,29 @@ RIVER = ("{a} was born where the mountains weep into the valley. The first peopl
 
 def test_distillation_keeps_only_stories_that_pass_every_gate():
     from training.distill import score
-    from training.evaluate import embed
+    from training.evaluate import embed, sentence_embeddings
 
     vec = embed(["A river spirit whose tears became the first sea."])[0]
+
+    def check(story: str) -> tuple[bool, float, int, float]:
+        return score(story, "Rivashpell", vec, sentence_embeddings([story])[0])
+
     good = RIVER.format(a="Rivashpell", b="Rivashpell", c="Rivashpell")
-    ok, relevance, mentions = score(good, "Rivashpell", vec)
-    assert ok and relevance > 0.25 and mentions == 2  # sentences naming her
-    assert not score("Sure! Here is the backstory you asked for. " + good, "Rivashpell", vec)[0]
-    assert not score(RIVER.format(a="Rivashpell", b="She", c="she"), "Rivashpell", vec)[0]
-    assert not score(good[: good.index("Her tears")], "Rivashpell", vec)[0]  # too short
+    ok, relevance, mentions, coherence = check(good)
+    assert ok and relevance > 0.25 and mentions == 2 and coherence >= 0.33
+    assert not check("Sure! Here is the backstory you asked for. " + good)[0]
+    assert not check(RIVER.format(a="Rivashpell", b="She", c="she"))[0]
+    assert not check(good[: good.index("Her tears")])[0]  # too short
     off_topic = ("Rivashpell flew cargo between the moons of Jupiter for a mining company. "
                  * 8).strip()
-    assert not score(off_topic, "Rivashpell", vec)[0]  # loops, and about something else
+    assert not check(off_topic)[0]  # loops, and about something else
+    assert not check(good + " I'm sure your own hero will meet her one day.")[0]  # to the reader
+    stock = good.replace("was born where", "was born into a family where", 1)
+    assert not check(stock)[0]  # the base's stock opening
+    wandering = good.replace(
+        "Fishermen still leave", "Spreadsheets list quarterly tax rates for imported copper. "
+        "The train to the airport departs at seven. Fishermen still leave", 1)
+    assert check(wandering)[3] < coherence
 
 
 def test_corpus_rows_are_headed_passages_that_name_their_character(tmp_path):
