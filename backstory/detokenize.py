@@ -2,13 +2,8 @@
 
 from collections.abc import Callable
 
-import torch
-
 from backstory.sampling import RowSettings
 from backstory.text import SPECIAL_STOPS, STOP_MARKERS, find_stop
-
-StepCallback = Callable[[list[int]], None]  # called with each step's new token of every row
-Emit = Callable[[int, str], None]  # called with (row, new text) as a row's story grows
 
 
 class TextStream:
@@ -37,31 +32,3 @@ class TextStream:
         if len(text) > self.sent:
             self.emit(text[self.sent:])
             self.sent = len(text)
-
-
-class Detokenizer:
-    """Each step's tokens of a generate() batch to their rows' TextStreams."""
-
-    def __init__(self, tokenizer, rows: list[RowSettings], openers: list[str], emit: Emit):
-        self.streams = [TextStream(tokenizer, row, opener, lambda text, i=i: emit(i, text))
-                        for i, (row, opener) in enumerate(zip(rows, openers))]
-
-    def __call__(self, step_tokens: list[int]) -> None:
-        for stream, token in zip(self.streams, step_tokens):
-            stream.push(token)
-
-
-class StepStreamer:
-    """transformers streamer protocol: put() gets the prompt once, then each step's tokens."""
-
-    def __init__(self, on_step: StepCallback):
-        self.on_step, self.prompt_seen = on_step, False
-
-    def put(self, value: torch.Tensor) -> None:
-        if not self.prompt_seen:
-            self.prompt_seen = True
-            return
-        self.on_step(value.reshape(-1).tolist())
-
-    def end(self) -> None:
-        pass

@@ -1,6 +1,6 @@
-"""The model in memory: load it, generate batches of backstories, stream them token by token.
-
-Used by the BentoML model service, the training run's sample backstories and the evaluation.
+"""The model in memory: load it, build its prompts and per-row settings, turn tokens into a
+result. Decoding is the scheduler's (backstory/scheduler.py), for the service and for
+Engine.generate alike (the training run's sample backstories, the evaluation, the distillation).
 """
 
 import random
@@ -18,8 +18,7 @@ from transformers import (
 
 from backstory.base import PACKAGED_BASE, ensure_base
 from backstory.config import Settings
-from backstory.detokenize import Detokenizer, Emit, StepStreamer
-from backstory.sampling import RowSampler, RowSettings
+from backstory.sampling import RowSettings
 from backstory.schemas import BackstoryRequest, Controls, Generation, PromptRequest
 from backstory.text import SPECIAL_STOPS, build_prompt, clean_backstory, find_stop, opening
 
@@ -128,9 +127,9 @@ def load_model(path: str, device: torch.device, dtype: str = "auto", base: str =
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = load_weights(path, dtype, base).to(device).eval()
-    # The folder's generation_config.json (sampling defaults for users of model.generate) would
-    # be merged into every generate() call: its repetition penalty applied on top of the one
-    # our sampler applies per row. The settings are the one source of sampling defaults.
+    # The folder's generation_config.json (sampling defaults for users of model.generate, as the
+    # bench's naive server and levers are) would be merged into every generate() call: its
+    # repetition penalty on top of the settings'. The settings are the one source of defaults.
     model.generation_config = GenerationConfig(
         bos_token_id=model.config.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id)
@@ -229,39 +228,17 @@ class Engine:
             row.min_new_tokens = min(row.min_new_tokens, row.max_new_tokens)
         return enc
 
-    @torch.inference_mode()
-    def generate(self, requests: list[BackstoryRequest], emit: Emit | None = None,
+    def generate(self, requests: list[BackstoryRequest | PromptRequest],
                  rows: list[RowSettings] | None = None) -> list[Generation]:
-        """One batched generate() for all requests, each with its own settings and seed.
-        With `emit`, each row's text is also streamed as it grows; `rows` lets the caller keep
-        the rows' cancel events."""
-        rows = rows or [self.row_settings(r) for r in requests]
-        enc = self.encode(requests, rows)
-        prompt_len = enc["input_ids"].shape[1]
-        eos = self.tokenizer.eos_token_id
-        config = GenerationConfig(
-            do_sample=False, max_new_tokens=max(r.max_new_tokens for r in rows),
-            eos_token_id=eos, pad_token_id=self.tokenizer.pad_token_id, use_cache=True,
-            no_repeat_ngram_size=self.settings.no_repeat_ngram_size or None)
-        sampler = RowSampler(rows, eos, self.device, self.first_banned(), prompt_len)
-        openers = [self.opener(r) for r in requests]
-        streamer = None
-        if emit:
-            streamer = StepStreamer(Detokenizer(self.tokenizer, rows, openers, emit))
-        self.count(in_flight=len(rows))
-        try:
-            with self.lock:
-                out = self.model.generate(**enc, generation_config=config,
-                                          logits_processor=[sampler], streamer=streamer)
-        finally:
-            self.count(in_flight=-len(rows))
-        results = [self.result(opener, row, ids) for opener, row, ids in
-                   zip(openers, rows, out[:, prompt_len:].tolist())]
-        for g, row, n in zip(results, rows, enc["attention_mask"].sum(dim=1).tolist()):
-            g.finish_reason = "length" if g.tokens >= row.max_new_tokens else "stop"
-            g.prompt_tokens = n
-        self.count(tokens=sum(g.tokens for g in results))
-        return results
+        """All requests to their end, each with its own settings and seed, through the service's
+        continuous-batching loop (one decode loop for everything: backstory/scheduler.py);
+        `rows` lets the caller keep the rows' cancel events."""
+        from backstory.scheduler import Scheduler  # it drives this engine: imported late
+
+        loop = Scheduler(self, max_batch=max(1, len(requests)), wait_ms=0,
+                         prefill_tokens=self.settings.prefill_tokens,
+                         lean=self.settings.decode == "lean")
+        return loop.generate(requests, rows)
 
     def count(self, in_flight: int = 0, tokens: int = 0) -> None:
         with self._counting:

@@ -1,17 +1,16 @@
 """Per-row sampling for batched generation.
 
-transformers' generate() applies one temperature/top-p/seed to a whole batch, but a batch built by
-adaptive batching mixes requests with their own settings and seeds. So sampling happens here, in a
-LogitsProcessor: it draws each row's next token with that row's settings and its own
-torch.Generator, then leaves only that token open, and generate() runs greedy (do_sample=False).
-A row thus gets the same tokens for a given seed whether it runs alone or in a batch.
+A running batch mixes requests with their own settings and seeds (transformers' generate() would
+apply one temperature, top-p and seed to all). So each row's next token is drawn here with that
+row's settings and its own torch.Generator: a row gets the same tokens for a given seed whether
+it runs alone or in a batch, whatever the other rows do.
 """
 
 import threading
 from dataclasses import dataclass, field
 
 import torch
-from transformers import LogitsProcessor
+from transformers import NoRepeatNGramLogitsProcessor
 
 NEG_INF = float("-inf")
 
@@ -38,14 +37,15 @@ class RowSettings:
         return self.generator
 
 
-class RowSampler(LogitsProcessor):
-    """As a LogitsProcessor, for generate(): every row at the same step (prompt_len is the padded
-    prompt). `sample()` alone serves a loop whose rows are at different steps."""
+class RowSampler:
+    """The next token of every row of a running batch; its rows may be at different steps."""
 
     def __init__(self, rows: list[RowSettings], eos_id: int, device,
-                 first_banned: torch.Tensor | None = None, prompt_len: int = 0):
+                 first_banned: torch.Tensor | None = None, no_repeat_ngram_size: int = 0):
         """`first_banned`: token ids the first new token may not be (see Engine.word_pieces),
-        except in rows with a free prompt."""
+        except in rows with a free prompt. `no_repeat_ngram_size`: n > 0 bans every token that
+        would repeat an n-gram of the row's prompt and story (transformers' processor, the rule
+        generate() applies)."""
         self.first_banned = first_banned
         self.ban_first = [not r.free for r in rows]
         def col(name, dtype=torch.float32):
@@ -59,19 +59,16 @@ class RowSampler(LogitsProcessor):
         self.max_new = [r.max_new_tokens for r in rows]
         self.cancelled = [r.cancelled for r in rows]
         self.generators = [r.rng(device) for r in rows]
-        self.prompt_len, self.eos_id = prompt_len, eos_id
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        steps = [input_ids.shape[1] - self.prompt_len] * input_ids.shape[0]
-        chosen = self.sample(input_ids, scores, steps)
-        out = torch.full_like(scores, NEG_INF, dtype=torch.float32)
-        out.scatter_(1, chosen[:, None], 0.0)
-        return out
+        self.eos_id = eos_id
+        self.no_repeat = (NoRepeatNGramLogitsProcessor(no_repeat_ngram_size)
+                          if no_repeat_ngram_size else None)
 
     def sample(self, input_ids: torch.LongTensor, scores: torch.FloatTensor,
                steps: list[int]) -> torch.LongTensor:
         """Each row's next token; `steps[i]`: how many tokens row i has generated so far."""
         scores = self._penalise(input_ids, scores.float()) / self.temperature
+        if self.no_repeat is not None:
+            scores = self.no_repeat(input_ids, scores)
         for i, step in enumerate(steps):
             if step == 0 and self.first_banned is not None and self.ban_first[i]:
                 scores[i, self.first_banned] = NEG_INF

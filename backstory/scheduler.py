@@ -97,26 +97,57 @@ class Scheduler:
             row.left = not row.done
             row.settings.cancelled.set()
 
+    def generate(self, requests: list[BackstoryRequest | PromptRequest],
+                 rows: list[RowSettings] | None = None) -> list[Generation]:
+        """Every request to its end, in the calling thread, through the loop the service runs
+        (Engine.generate: the evaluation, the distillation). `rows` lets the caller hold the
+        rows' cancel events. Not while this scheduler's service thread runs."""
+        if self.thread is not None:
+            raise RuntimeError("this scheduler's loop already runs in its own thread")
+        results: list[Any] = [None] * len(requests)  # each row's Generation or error
+
+        def collect(i: int, kind: str, value: Any) -> None:
+            if kind in ("result", "error"):
+                results[i] = value
+
+        rows = rows or [self.engine.row_settings(r) for r in requests]
+        self.pending = [Row(r, row, lambda kind, value, i=i: collect(i, kind, value), False,
+                            Timings(arrived=time.monotonic()))
+                        for i, (r, row) in enumerate(zip(requests, rows, strict=True))]
+        batch: Batch | None = None
+        while self.pending or batch is not None:
+            batch = self._turn(batch)
+        if self.slots is not None:
+            self.slots.clear()
+        for value in results:
+            if isinstance(value, Exception):
+                raise value
+        return results
+
     def _run(self) -> None:
         batch: Batch | None = None
         while True:
-            joining = self._admit(len(batch.rows) if batch else 0)
-            if joining:
-                try:
-                    batch = merge(batch, self._prefill(joining), self.engine.tokenizer.pad_token_id)
-                except Exception as e:  # a prefill that fails fails its own rows only
-                    self._fail(joining, e)
-            if batch is None:
-                continue
-            try:
-                batch = self._step(batch)
-            except Exception as e:  # report to every row in the batch, keep serving
-                self._fail(batch.rows, e)
-                batch = None
+            batch = self._turn(batch)
             if batch is None:  # idle until the next row: the gauges must say so now
                 if self.slots is not None:
                     self.slots.clear()
                 self.metrics.idle(self.waiting.qsize() + len(self.pending))
+
+    def _turn(self, batch: Batch | None) -> Batch | None:
+        """Rows that arrived join (prefilled), then one step for all: the loop's body."""
+        joining = self._admit(len(batch.rows) if batch else 0)
+        if joining:
+            try:
+                batch = merge(batch, self._prefill(joining), self.engine.tokenizer.pad_token_id)
+            except Exception as e:  # a prefill that fails fails its own rows only
+                self._fail(joining, e)
+        if batch is None:
+            return None
+        try:
+            return self._step(batch)
+        except Exception as e:  # report to every row in the batch, keep serving
+            self._fail(batch.rows, e)
+            return None
 
     def _admit(self, running: int) -> list[Row]:
         """Rows to prefill now: those left over from the last step's budget first, then waiting
@@ -171,7 +202,8 @@ class Scheduler:
         if batch.sampler is None:
             batch.sampler = RowSampler([r.settings for r in batch.rows],
                                        engine.tokenizer.eos_token_id, engine.device,
-                                       engine.first_banned())
+                                       engine.first_banned(),
+                                       engine.settings.no_repeat_ngram_size)
         self.metrics.step(len(batch.rows), self.waiting.qsize() + len(self.pending))
         steps = [len(r.tokens) for r in batch.rows]
         chosen = batch.sampler.sample(batch.history, batch.logits, steps)

@@ -99,15 +99,16 @@ def scheduled(engine: Engine, lean: bool = True) -> Run:
 
 
 DESCRIPTIONS = {
-    "engine": "Engine.generate, which the evaluation uses (per-row sampler and seeds, "
-              "inference_mode, dynamic KV cache, all cores)",
+    "engine": "Engine.generate, which the evaluation and distillation use: the service's "
+              "continuous-batching loop run in the calling thread (per-row sampler and seeds, "
+              "the lean decode path, all cores)",
     "engine_1thread": "the same on one torch thread",
     "engine_bf16": "the same with bfloat16 weights (BACKSTORY_DTYPE=bfloat16)",
     "engine_int8": "the same with int8 weights in every linear layer (BACKSTORY_QUANTIZE=int8, "
                    "fbgemm dynamic quantization, rows scaled apart: RowInt8Linear)",
-    "engine_scheduler": "the served path: the requests joined by our continuous-batching "
-                        "scheduler (backstory/scheduler.py), our decode loop over the model's "
-                        "modules with a KV cache of slots (backstory/llama.py)",
+    "engine_scheduler": "the served path: the requests submitted to our continuous-batching "
+                        "scheduler's thread (backstory/scheduler.py), our decode loop over the "
+                        "model's modules with a KV cache of slots (backstory/llama.py)",
     "engine_scheduler_transformers": "the same scheduler over the model's forward and its "
                                      "DynamicCache (BACKSTORY_DECODE=transformers)",
     "engine_scheduler_int8": "the served path with BACKSTORY_QUANTIZE=int8",

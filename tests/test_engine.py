@@ -1,12 +1,16 @@
-"""The engine on a tiny random GPT-2: per-row settings inside one batch, streaming, cancelling."""
+"""The engine on the tiny random llama: per-row settings inside one batch, cancelling, the
+first token after the name, precision and quantization settings, the sampler's n-gram ban."""
+
+import asyncio
 
 import pytest
 import torch
 
 from backstory.config import Settings
 from backstory.engine import Engine
+from backstory.sampling import RowSampler, RowSettings
+from backstory.scheduler import Scheduler
 from backstory.schemas import BackstoryRequest as Request
-from backstory.text import clean_backstory
 
 
 @pytest.fixture(scope="module")
@@ -45,19 +49,6 @@ def test_same_seed_same_story_and_seed_is_reported(engine):
     assert 0 <= unseeded.seed < 2**32
 
 
-def test_stream_pieces_start_with_the_name_and_follow_the_rows(engine):
-    # A random model may sample end-of-text first and stream only the opener: force a few tokens.
-    requests = [r.model_copy(update={"min_new_tokens": 8}) for r in MIXED[:2]]
-    pieces: dict[int, list[str]] = {0: [], 1: []}
-    results = engine.generate(requests, emit=lambda i, t: pieces[i].append(t))
-    for i, result in enumerate(results):
-        streamed = "".join(pieces[i])
-        assert streamed.startswith(requests[i].name)
-        assert len(pieces[i]) > 1
-        # The final backstory is the streamed text, cleaned (whitespace, last full sentence).
-        assert result.backstory[:10] == clean_backstory(streamed)[:10]
-
-
 def test_cancelled_row_stops_without_stopping_the_others(engine):
     rows = [engine.row_settings(r) for r in MIXED[:2]]
     rows[0].cancelled.set()
@@ -67,12 +58,16 @@ def test_cancelled_row_stops_without_stopping_the_others(engine):
 
 
 def test_story_never_glues_onto_the_name(engine):
-    for seed in range(8):
-        pieces: list[str] = []
+    scheduler = Scheduler(engine, max_batch=8, wait_ms=0)
+
+    async def pieces(seed: int) -> list[str]:
         request = Request(name="Bram", description="Forges swords.", seed=seed,
                           min_new_tokens=3, max_new_tokens=3)
-        engine.generate([request], emit=lambda _, text, p=pieces: p.append(text))
-        assert pieces[0] == "Bram" and not pieces[1][:1].isalnum(), pieces
+        return [text async for kind, text in scheduler.submit(request) if kind == "text"]
+
+    for seed in range(8):
+        streamed = asyncio.run(pieces(seed))
+        assert streamed[0] == "Bram" and not streamed[1][:1].isalnum(), streamed
 
 
 def test_dtype_setting_picks_the_weights_precision(tiny_model, engine):
@@ -98,3 +93,18 @@ def test_int8_quantized_engine_keeps_same_seed_same_story_alone_or_batched(tiny_
                       temperature=1.5), Request(name="Zed", description="x", seed=3)]
     alone, batched = engine.generate([request]), engine.generate([*others, request])
     assert alone[0] == batched[2] and alone[0].tokens == 12 and engine.parameters > 10_000
+
+
+def test_no_repeat_ngram_size_bans_a_repeated_pair():
+    """BACKSTORY_NO_REPEAT_NGRAM_SIZE=2: after "7 9 ... 7", 9 may not follow (it is the best
+    token, and the only one top_k=1 keeps, until the ban)."""
+    def row() -> RowSettings:
+        return RowSettings(temperature=1.0, top_p=1.0, top_k=1, repetition_penalty=1.0, seed=0,
+                           min_new_tokens=0, max_new_tokens=10)
+
+    history = torch.tensor([[7, 9, 3, 7]])
+    scores = torch.zeros(1, 16)
+    scores[0, 9], scores[0, 4] = 5.0, 4.0
+    plain = RowSampler([row()], eos_id=0, device="cpu").sample(history, scores, [3])
+    banned = RowSampler([row()], eos_id=0, device="cpu", no_repeat_ngram_size=2)
+    assert plain.tolist() == [9] and banned.sample(history, scores, [3]).tolist() == [4]
