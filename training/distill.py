@@ -76,8 +76,8 @@ def score(story: str, name: str, description_vec: np.ndarray,
     n_words = len(metrics.words(story))
     mentions = sum(metrics.mentions(s, name) for s in sentences)
     relevance = float(embed([rest])[0] @ description_vec)
-    coherent = float(np.mean(np.sum(sentence_vecs[:-1] * sentence_vecs[1:], axis=1))
-                     if len(sentence_vecs) > 1 else 0.0)
+    # The evaluation's consecutive-sentence cosine, for this story alone (0 with one sentence).
+    coherent = metrics.mean_cosine(sentence_vecs[:-1], sentence_vecs[1:]) or 0.0
     ok = (not metrics.has_preamble(story) and MIN_WORDS <= n_words <= MAX_WORDS
           and (metrics.repetition(story) or 0) <= MAX_REPETITION and metrics.ends_complete(story)
           and metrics.mentions(rest, name) and metrics.mentions(second_half, name)
@@ -95,8 +95,8 @@ def done_names(out: Path) -> set[str]:
 
 def distill_batch(engine: Engine, batch: list[Character], candidates: int, seed: int) -> list[Kept]:
     """Every candidate of every character in one generate() call; of those passing every gate,
-    the one most on the description and most coherent (the two figures the base beats our
-    fine-tunes on) is kept."""
+    the one most on the description, most coherent and least like the other stories (_merit) is
+    kept."""
     jobs = [(c, seed + 1000 * i + k) for i, c in enumerate(batch) for k in range(candidates)]
     gens = engine.generate([BackstoryRequest(name=c.name, description=c.description, seed=s)
                             for c, s in jobs])

@@ -210,16 +210,16 @@ def coherence(stories: Sequence[np.ndarray], seed: int = 0) -> dict:
     sentences follow each other no better than sentences of two stories do, however well each
     one alone matches the prompt or the genre; None where there are no pairs (or fewer than two
     stories, for the baseline)."""
-    consecutive = mean([_mean_cosine(s[:-1], s[1:]) for s in stories])
+    consecutive = mean([mean_cosine(s[:-1], s[1:]) for s in stories])
     other = None
     if len(stories) >= 2:
-        other = mean([_mean_cosine(stories[j], stories[k])
+        other = mean([mean_cosine(stories[j], stories[k])
                       for j, k in enumerate(derangement(len(stories), seed))])
     diff = consecutive - other if consecutive is not None and other is not None else None
     return {"coherence": diff, "coherence_consecutive": consecutive, "coherence_other": other}
 
 
-def _mean_cosine(a: np.ndarray, b: np.ndarray) -> float | None:
+def mean_cosine(a: np.ndarray, b: np.ndarray) -> float | None:
     """Mean cosine of row i of `a` with row i of `b` (unit rows), over the rows both have; None
     when one has none."""
     n = min(len(a), len(b))
