@@ -113,7 +113,7 @@ class Backstory:
         return {
             "model": engine.name, "device": str(engine.device), "parameters": engine.parameters,
             "dtype": str(engine.model.dtype).removeprefix("torch."),
-            "quantize": settings.quantize,
+            "quantize": engine.quantize,
             "context": engine.context, "max_batch_size": settings.max_batch_size,
             "batch_wait_ms": settings.batch_wait_ms, "prefill_tokens": settings.prefill_tokens,
             "max_concurrency": settings.max_concurrency, "in_flight": engine.in_flight,

@@ -33,9 +33,11 @@ class Settings(BaseSettings):
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="Weights and compute; auto = bfloat16 on CUDA, float32 on CPU.")
-    quantize: Literal["none", "int8"] = Field(
-        "none", description="CPU: int8 weights in every linear layer (fbgemm, activations "
-        "scaled per row: a seeded story stays the same alone or batched).")
+    quantize: Literal["auto", "none", "int8", "int4"] = Field(
+        "auto", description="CPU weights: int4 = 4-bit decoder layers (groups of 32, the "
+        "packaged base's own format) and an int8 logits head; int8 = every linear int8; auto = "
+        "int4 for a llama model on the CPU, else none. A seeded story stays the same alone or "
+        "batched either way.")
     decode: Literal["lean", "transformers"] = Field(
         "lean", description="Served decode loop: lean = ours over a llama model's modules with a "
         "KV cache of slots (backstory/llama.py); transformers = the model's forward with its "

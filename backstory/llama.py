@@ -9,9 +9,9 @@ row is prefilled straight into the next free slot, and a leaving row's slot is f
 the last row into it (one row's cache, not the batch's). Each row counts its positions from 0,
 so there is no padding to mask but the end of shorter rows.
 
-The modules are the model's own (weights shared, int8-quantized Linear layers work as they are);
-only the order of operations is ours, the one LlamaDecoderLayer runs, so the numbers are the
-same as transformers' up to float rounding.
+The modules are the model's own (weights shared, quantized layers work as they are, int4 ones
+fused three and two to a call); only the order of operations is ours, the one LlamaDecoderLayer
+runs, so the numbers are the same as transformers' up to float rounding.
 """
 
 import torch
@@ -67,7 +67,9 @@ class SlotCache:
         They run together, each from position 0 (padding moved to the end), under a causal
         mask."""
         n = mask.sum(dim=1)
-        width = int(n.max())
+        # At least 2 positions (a padded one, hidden by the causal mask): a prefill is then a
+        # prefill to int4 layers whether its prompt has one token or not (backstory/quant.py).
+        width = max(int(n.max()), 2)
         if self.rows + len(ids) > self.max_rows or width > self.max_len:
             raise ValueError("the slot cache is full")
         # Left padding to right padding: every row's first token at position 0.
@@ -121,20 +123,32 @@ class SlotCache:
         for i, layer in enumerate(self.layers):
             x = x + self._attention(layer.self_attn, layer.input_layernorm(x), i, cos, sin, write,
                                     mask)
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
+            x = x + self._mlp(layer.mlp, layer.post_attention_layernorm(x))
         return self.model.model.norm(x)
 
     def _attention(self, attn, x, i, cos, sin, write, mask) -> torch.Tensor:
         b, s, _ = x.shape
-        q = attn.q_proj(x).view(b, s, self.heads, self.head_dim).transpose(1, 2)
-        k = attn.k_proj(x).view(b, s, self.kv_heads, self.head_dim).transpose(1, 2)
-        v = attn.v_proj(x).view(b, s, self.kv_heads, self.head_dim).transpose(1, 2)
+        if getattr(attn, "qkv_proj", None) is not None:  # int4 layers, fused (backstory/quant.py)
+            kv = self.kv_heads * self.head_dim
+            q, k, v = attn.qkv_proj(x).split([self.heads * self.head_dim, kv, kv], dim=-1)
+        else:
+            q, k, v = attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
+        q = q.reshape(b, s, self.heads, self.head_dim).transpose(1, 2)
+        k = k.reshape(b, s, self.kv_heads, self.head_dim).transpose(1, 2)
+        v = v.reshape(b, s, self.kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rotary_pos_emb(q, k, cos, sin)  # transformers' own, as its layer does
         keys, values = write(i, k, v)
         out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask,
                                              is_causal=mask is None, scale=attn.scaling,
                                              enable_gqa=True)
         return attn.o_proj(out.transpose(1, 2).reshape(b, s, -1))
+
+    @staticmethod
+    def _mlp(mlp, x: torch.Tensor) -> torch.Tensor:
+        if getattr(mlp, "gate_up_proj", None) is None:
+            return mlp(x)
+        gate, up = mlp.gate_up_proj(x).chunk(2, dim=-1)  # LlamaMLP's order of operations
+        return mlp.down_proj(mlp.act_fn(gate) * up)
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.model.lm_head(hidden).float()

@@ -101,17 +101,20 @@ def scheduled(engine: Engine, lean: bool = True) -> Run:
 DESCRIPTIONS = {
     "engine": "Engine.generate, which the evaluation and distillation use: the service's "
               "continuous-batching loop run in the calling thread (per-row sampler and seeds, "
-              "the lean decode path, all cores)",
+              "the lean decode path, all cores, float32 weights: BACKSTORY_QUANTIZE=none)",
     "engine_1thread": "the same on one torch thread",
     "engine_bf16": "the same with bfloat16 weights (BACKSTORY_DTYPE=bfloat16)",
     "engine_int8": "the same with int8 weights in every linear layer (BACKSTORY_QUANTIZE=int8, "
                    "fbgemm dynamic quantization, rows scaled apart: RowInt8Linear)",
+    "engine_int4": "the same with 4-bit decoder layers and an int8 logits head "
+                   "(BACKSTORY_QUANTIZE=int4, the default on the CPU: backstory/quant.py)",
     "engine_scheduler": "the served path: the requests submitted to our continuous-batching "
                         "scheduler's thread (backstory/scheduler.py), our decode loop over the "
                         "model's modules with a KV cache of slots (backstory/llama.py)",
     "engine_scheduler_transformers": "the same scheduler over the model's forward and its "
                                      "DynamicCache (BACKSTORY_DECODE=transformers)",
     "engine_scheduler_int8": "the served path with BACKSTORY_QUANTIZE=int8",
+    "engine_scheduler_int4": "the served path with BACKSTORY_QUANTIZE=int4",
     "generate": "plain transformers generate() with its own sampling processors",
     "no_grad": "the same under torch.no_grad instead of inference_mode",
     "static": "the same with a static KV cache",
@@ -130,9 +133,11 @@ def levers(engine: Engine, new_tokens: int) -> dict[str, Run]:
         "engine_1thread": threads(lambda reqs: engine.generate(reqs), 1),
         "engine_bf16": lambda reqs: variant(engine, dtype="bfloat16").generate(reqs),
         "engine_int8": lambda reqs: variant(engine, quantize="int8").generate(reqs),
+        "engine_int4": lambda reqs: variant(engine, quantize="int4").generate(reqs),
         "engine_scheduler": scheduled(engine),
         "engine_scheduler_transformers": scheduled(engine, lean=False),
         "engine_scheduler_int8": lambda reqs: scheduled(variant(engine, quantize="int8"))(reqs),
+        "engine_scheduler_int4": lambda reqs: scheduled(variant(engine, quantize="int4"))(reqs),
         "generate": hf_generate(engine, sampling(engine, new_tokens)),
         "no_grad": hf_generate(engine, sampling(engine, new_tokens), torch.no_grad),
         "static": hf_generate(engine, sampling(engine, new_tokens, cache_implementation="static")),
@@ -165,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = p.parse_args(argv)
     machine = describe()
-    engine = Engine(Settings(model=args.model, threads=args.threads))
+    # Every lever is measured against the plain float32 model: quantization is a lever too.
+    engine = Engine(Settings(model=args.model, threads=args.threads, quantize="none"))
     prompts = [BackstoryRequest(name=p.name, description=p.description, seed=i,
                                 min_new_tokens=args.new_tokens, max_new_tokens=args.new_tokens)
                for i, p in enumerate(load_prompts())]

@@ -25,10 +25,12 @@ CHAT_TEMPLATE = (
 
 def make_tiny_model(folder: Path, n_positions: int = 1024) -> Path:
     """A random-init llama (2 layers, 32 wide, grouped-query attention) with a byte-level BPE
-    trained on TEXT, chat tokens and template: the default model's shape, in miniature."""
+    trained on TEXT, chat tokens and template: the default model's shape and 4-bit layers, in
+    miniature."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    from backstory.quant import Int4Linear
     from training.tokenizer import train_tokenizer
 
     tokenizer = train_tokenizer(iter([TEXT] * 4), vocab_size=300)
@@ -43,6 +45,12 @@ def make_tiny_model(folder: Path, n_positions: int = 1024) -> Path:
                          pad_token_id=tokenizer.pad_token_id)
     # The same weights on every run; set TINY_MODEL_SEED to hunt for luck-dependent tests.
     torch.manual_seed(int(os.environ.get("TINY_MODEL_SEED", "0")))
-    LlamaForCausalLM(config).save_pretrained(folder)
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():  # 4-bit layers, as the packaged base's are: served as int4 on a CPU
+        for layer in model.model.layers:
+            for linear in layer.modules():
+                if isinstance(linear, torch.nn.Linear):
+                    linear.weight.copy_(Int4Linear.dequantized(linear.weight))
+    model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder

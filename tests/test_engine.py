@@ -1,5 +1,6 @@
-"""The engine on the tiny random llama: per-row settings inside one batch, cancelling, the
-first token after the name, precision and quantization settings, the sampler's n-gram ban."""
+"""The engine on the tiny random llama (int4 decoder layers: the CPU default): per-row settings
+inside one batch, cancelling, the first token after the name, precision and quantization
+settings, the sampler's n-gram ban."""
 
 import asyncio
 
@@ -93,6 +94,70 @@ def test_int8_quantized_engine_keeps_same_seed_same_story_alone_or_batched(tiny_
                       temperature=1.5), Request(name="Zed", description="x", seed=3)]
     alone, batched = engine.generate([request]), engine.generate([*others, request])
     assert alone[0] == batched[2] and alone[0].tokens == 12 and engine.parameters > 10_000
+
+
+def test_int4_is_the_cpu_default_for_llama_and_keeps_same_seed_same_story(tiny_model, engine):
+    """quantize=auto on the CPU, for a model with 4-bit layers: the decoder layers int4, the
+    logits head int8; a row gets the same story for the same seed alone or batched (the int4
+    kernel computes each row alone). Layers off the 4-bit grid stay float32."""
+    from backstory.quant import Int4Linear, RowInt8Linear, four_bit_grid
+
+    layers = engine.model.model.layers
+    assert engine.quantize == "int4" and isinstance(layers[0].mlp.down_proj, Int4Linear)
+    assert isinstance(engine.model.lm_head, RowInt8Linear)
+    plain = Engine(Settings(model=str(tiny_model), threads=1, quantize="none"))
+    assert plain.quantize == "none" and type(plain.model.lm_head) is torch.nn.Linear
+    assert four_bit_grid(plain.model)  # the tiny model's layers are 4-bit, as the base's are
+    with torch.no_grad():  # a merged fine-tune's change would be rounded away: auto = none
+        weight = plain.model.model.layers[1].mlp.up_proj.weight
+        weight.add_(torch.randn(weight.shape, generator=torch.Generator().manual_seed(0)) * 2e-4)
+    assert not four_bit_grid(plain.model)
+    request = Request(name="Kaylon", description="An empire.", seed=9, max_new_tokens=12,
+                      min_new_tokens=12)
+    others = [Request(name="Bo", description="A long tale of the sea " * 5, seed=1,
+                      temperature=1.5), Request(name="Zed", description="x", seed=3)]
+    assert engine.generate([request])[0] == engine.generate([*others, request])[2]
+
+
+def test_int4_linear_holds_4bit_weights_exactly():
+    """Weights already on a 4-bit grid (a scale and minimum per 32, as the packaged Q4_1 base's
+    are) come back but for bfloat16 rounding of the scales, far below what 4-bit rounding costs
+    ordinary weights; a prefill (several positions per row) multiplies by the same weights
+    dequantized, so decode and prefill see one model."""
+    from backstory.quant import Int4Linear
+
+    torch.manual_seed(0)
+    low, scale = torch.randn(64, 3, 1), torch.rand(64, 3, 1) * 0.1
+    grid = (torch.randint(0, 16, (64, 3, 32)) * scale + low).reshape(64, 96)
+    x = torch.randn(5, 96)
+
+    def layer(weight: torch.Tensor) -> Int4Linear:
+        linear = torch.nn.Linear(96, 64, bias=False)
+        linear.weight.data = weight.clone()  # Int4Linear takes the layer's tensor over
+        return Int4Linear(linear)
+
+    def error(a: torch.Tensor, b: torch.Tensor) -> float:
+        return ((a - b).norm() / b.norm()).item()
+
+    four = layer(grid)
+    assert error(four.weight, grid) < 0.01
+    ordinary = torch.randn(64, 96)
+    assert error(layer(ordinary).weight, ordinary) > 0.05
+    prefill = four(torch.stack([x, x], dim=1))[:, 0]  # (5 rows, 2 positions): dense
+    assert error(four(x), prefill) < 0.01 and error(prefill, x @ four.weight.T) < 1e-6
+
+
+def test_fused_int4_layers_compute_what_their_parts_do():
+    """q, k and v (gate and up) in one kernel call: the same numbers, the weights held once."""
+    from backstory.quant import Int4Linear, fuse
+
+    torch.manual_seed(0)
+    parts = [Int4Linear(torch.nn.Linear(64, n, bias=False)) for n in (64, 32, 48)]
+    fused = fuse(parts)
+    x = torch.randn(3, 64)
+    assert torch.equal(fused(x), torch.cat([p(x) for p in parts], dim=-1))
+    assert parts[1].packed.data_ptr() == fused.packed[64:].data_ptr()
+    assert fuse([Int4Linear(torch.nn.Linear(64, 16, bias=False)), parts[0]]) is None
 
 
 def test_no_repeat_ngram_size_bans_a_repeated_pair():

@@ -1,21 +1,29 @@
 """The lean decode path (backstory/llama.py) against transformers' own forward, on the tiny llama:
 the same next-token logits after a padded prefill, decode steps, rows leaving and rows joining
-a running batch (each at its own position), and growing its cache past a bucket."""
+a running batch (each at its own position), and growing its cache past a bucket; float32 and
+int4 weights."""
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
 from backstory.llama import BUCKET, SlotCache, supports
+from backstory.quant import quantized
 
 PROMPTS = ["Name: Aldric\nDescription: A knight of the marches.", "Hi",
            "Once upon a time there was a dragon named Ember who lived under the mountain."]
 
 
-@pytest.fixture(scope="module")
-def model_and_tokenizer(tiny_model):
+@pytest.fixture(scope="module", params=["none", "int4"])
+def model_and_tokenizer(tiny_model, request):
+    """The plain float32 model, and the same with int4 layers (the CPU default), which the lean
+    path calls fused (gate and up in one call) and transformers unfused."""
     tokenizer = AutoTokenizer.from_pretrained(tiny_model, padding_side="left")
-    return AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval(), tokenizer
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
+    if request.param == "int4":
+        model = quantized(model, "int4")
+        assert model.model.layers[0].mlp.gate_up_proj is not None  # (k and v: 16 rows, unfused)
+    return model, tokenizer
 
 
 class Reference:

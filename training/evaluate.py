@@ -41,7 +41,7 @@ QUICK_MAX_CHARS, QUICK_BLOCKS = 100_000, 16  # --quick: a data sample and a few 
 MAX_BLOCKS = 96  # spread over every source: a 135M model reads the whole split in minutes
 MAX_BLOCK_SIZE, MIN_REFERENCE_WORDS = 512, 20
 SHOWN = ("model", "temperature", "top_p", "top_k", "repetition_penalty", "max_new_tokens",
-         "no_repeat_ngram_size", "opener", "restate")
+         "no_repeat_ngram_size", "opener", "restate", "quantize")
 # The table columns. Each of name_use and relevance has a partner that the opener cannot raise:
 # starting with the name lifts name_use but not name_use_beyond_opener, restating the description
 # lifts relevance but not relevance_after_first. coherence and preamble need the whole story.
@@ -343,12 +343,12 @@ def run(args: argparse.Namespace) -> None:
         write(result, out_dir)
         print(markdown(result).split("## Samples")[0])
         return
-    results, ppls = [], {}  # perplexity depends on the model only, not on the settings
+    results, ppls = [], {}  # perplexity depends on the weights only, not on the sampling
     for label, overrides in variants:
         print(f"variant {label}", file=sys.stderr)
-        model = overrides.get("model", args.model)
-        results.append((label, evaluate(args.model, overrides, ppl=ppls.get(model), **kw)))
-        ppls[model] = results[-1][1]["perplexity"]
+        weights = tuple(overrides.get(k) for k in ("model", "base", "dtype", "quantize"))
+        results.append((label, evaluate(args.model, overrides, ppl=ppls.get(weights), **kw)))
+        ppls[weights] = results[-1][1]["perplexity"]
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "compare.json").write_text(json.dumps(dict(results), indent=2,
                                                      ensure_ascii=False) + "\n")

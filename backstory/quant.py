@@ -1,0 +1,171 @@
+"""Weight-only quantization for the CPU: fewer bytes read per decode step, which is what bounds a
+small batch there (a step reads every weight for one token per row).
+
+- `int4` (llama models): the decoder layers' linears in 4 bits, groups of 32 with a scale and a
+  minimum each, which is the packaged base's own Q4_1 layout: those weights come back exactly
+  (up to rounding the scales to bfloat16). The logits head, Q8_0 in that file and tied to the
+  embedding, is int8 (4 bits there cost 6% perplexity, int8 2-3%).
+- `int8`: every linear int8, per output channel.
+
+Both keep "same seed, same story" alone or batched: each kernel computes a row the same way
+whatever its batch mates (tests/test_engine.py). torchao wraps the same ATen int4 kernel in its
+tensor subclasses; a small module keeps the decode loop free of a second dependency.
+"""
+
+import contextlib
+import ctypes
+
+import torch
+from transformers import PreTrainedModel
+
+GROUP = 32  # weights per (scale, minimum): Q4_1's block
+PACK_ROWS = 32  # the CPU packing's blocks of output rows: packed parts concatenate at multiples
+
+
+def quantized(model: PreTrainedModel, kind: str) -> PreTrainedModel:
+    """`model` with its nn.Linear layers replaced in place: int4 where the kernel's shapes allow
+    (else int8), or int8 everywhere; the logits head is always int8."""
+    for parent in list(model.modules()):
+        for name, child in parent.named_children():
+            if type(child) is not torch.nn.Linear:
+                continue
+            four = kind == "int4" and child is not model.get_output_embeddings()
+            four = four and Int4Linear.fits(child)
+            setattr(parent, name, Int4Linear(child) if four else RowInt8Linear(child))
+    layers = model.model.layers if model.config.model_type == "llama" else []
+    for layer in layers:
+        attn, mlp = layer.self_attn, layer.mlp
+        attn.qkv_proj = fuse([attn.q_proj, attn.k_proj, attn.v_proj])
+        mlp.gate_up_proj = fuse([mlp.gate_proj, mlp.up_proj])
+    release_freed_memory()
+    return model
+
+
+def release_freed_memory() -> None:
+    """Hand the conversion's freed temporaries back to the OS (glibc keeps them: about 600 MB of
+    RSS after quantizing the base). Elsewhere a no-op."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def fuse(parts: list[torch.nn.Module]) -> "Int4Linear | None":
+    """One Int4Linear that computes `parts` side by side (bias-free int4 layers of one input):
+    one kernel call and one bfloat16 copy of the input instead of several, about a tenth of a
+    decode step at batch 1. The parts keep working (transformers' forward calls them): their
+    weights become views of the fused ones, so each weight is held once. None if they do not
+    all qualify."""
+    if not all(isinstance(p, Int4Linear) and p.bias is None for p in parts):
+        return None
+    if any(p.out_features % PACK_ROWS for p in parts[:-1]):  # the packing would straddle parts
+        return None
+    fused = Int4Linear.__new__(Int4Linear)
+    torch.nn.Module.__init__(fused)
+    for name, dim in (("packed", 0), ("scales_zeros", 1), ("weight", 0)):  # packing is by row
+        fused.register_buffer(name, torch.cat([getattr(p, name) for p in parts], dim=dim))
+    fused.bias, fused.out_features = None, sum(p.out_features for p in parts)
+    start = 0
+    for p in parts:
+        rows = slice(start, start + p.out_features)
+        p.packed, p.weight = fused.packed[rows], fused.weight[rows]
+        start = rows.stop
+    return fused
+
+
+def four_bit_grid(model: PreTrainedModel, tolerance: float = 1e-3) -> bool:
+    """Are the decoder layers' weights already 4-bit in groups of 32 (the packaged base's are)?
+    Then int4 holds them exactly. A merged fine-tune's are not: its small changes would be
+    rounded away, so it keeps full precision."""
+    for layer in getattr(getattr(model, "model", None), "layers", []):
+        for linear in layer.modules():
+            if type(linear) is torch.nn.Linear and Int4Linear.fits(linear):
+                w = linear.weight.detach().float()
+                if (Int4Linear.dequantized(w) - w).norm() > tolerance * w.norm():
+                    return False
+    return True
+
+
+class Int4Linear(torch.nn.Module):
+    """ATen's int4 weight-only matmul (`_weight_int4pack_mm_for_cpu`): weight = (q - 8) * scale +
+    zero per group of 32 inputs. Its vectorized path takes bfloat16 activations (with float32 ones
+    it falls back to a scalar loop, 10-25x slower on AVX2), so a row goes in as bfloat16 and its
+    result comes back in the model's dtype; rounding the activations costs 0.03% perplexity.
+    It takes the layer's weight tensor over (rewritten with the dequantized weights).
+
+    It wins where a step reads the weights for a few rows (decode); with many rows the kernel is
+    compute-bound and 2-3x slower than a float32 matmul, so a prefill (more than one position per
+    row) multiplies by the same weights dequantized, kept beside the packed ones. The choice
+    depends on the call's kind, never on its batch mates, so a seeded story stays the same."""
+
+    def __init__(self, linear: torch.nn.Linear):
+        super().__init__()
+        w = linear.weight.detach().float()
+        n, k = w.shape
+        q, scale, low = self.codes(w)
+        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.reshape(n, k).int(), 1)
+        scales_zeros = torch.stack([scale, low + 8 * scale], -1).transpose(0, 1).contiguous()
+        self.register_buffer("packed", packed)
+        self.register_buffer("scales_zeros", scales_zeros.to(torch.bfloat16))
+        scale, zero = self.scales_zeros.float().transpose(0, 1).unbind(-1)  # (n, k / GROUP)
+        dense = ((q - 8) * scale[..., None] + zero[..., None]).reshape(n, k)
+        # Into the layer's own tensor: a second full-size copy per layer would be freed again,
+        # but the C allocator keeps such memory (hundreds of MB of RSS over 210 layers).
+        self.register_buffer("weight", linear.weight.detach().copy_(dense))
+        self.bias = linear.bias
+        self.out_features = n
+
+    @staticmethod
+    def codes(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """4-bit codes (n, k / GROUP, GROUP), scale and minimum per group: Q4_1's rounding."""
+        groups = w.reshape(w.shape[0], -1, GROUP)
+        low, high = groups.amin(-1), groups.amax(-1)
+        scale = ((high - low) / 15).clamp(min=1e-12)
+        return ((groups - low[..., None]) / scale[..., None]).round().clamp(0, 15), scale, low
+
+    @staticmethod
+    def dequantized(w: torch.Tensor) -> torch.Tensor:
+        q, scale, low = Int4Linear.codes(w)
+        return (q * scale[..., None] + low[..., None]).reshape(w.shape)
+
+    @staticmethod
+    def fits(linear: torch.nn.Linear) -> bool:
+        return linear.in_features % GROUP == 0 and linear.out_features % 16 == 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 3 and x.shape[1] > 1:  # a prefill
+            return torch.nn.functional.linear(x, self.weight, self.bias)
+        flat = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, self.packed, GROUP,
+                                                        self.scales_zeros).to(x.dtype)
+        y = y.reshape(*x.shape[:-1], self.out_features)
+        return y if self.bias is None else y + self.bias
+
+
+class RowInt8Linear(torch.nn.Module):
+    """fbgemm's dynamic int8 linear (weights per output channel), made batch-invariant. fbgemm
+    quantizes the activations with one range per call, so a row's numbers would depend on its
+    batch mates (and a seeded story with them). Here each row is scaled to max |x| = 1 first, and
+    a guard row holding -1 and 1 pins the call's range to [-1, 1]: every row is quantized on the
+    same grid alone or batched, the int32 accumulation is exact, and its scale is multiplied back
+    after. (torch._int_mm, which would take per-row scales directly, is 50-200x slower than
+    fbgemm on this AVX2 CPU.)"""
+
+    def __init__(self, linear: torch.nn.Linear):
+        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+        super().__init__()
+        # A copy: the head shares its weight with the embedding, which stays as it is.
+        plain = torch.nn.Linear(linear.in_features, linear.out_features, bias=False)
+        plain.weight = torch.nn.Parameter(linear.weight.detach().float().clone())
+        self.bias = linear.bias  # added after the scale is undone
+        spec = {torch.nn.Linear: per_channel_dynamic_qconfig}
+        self.q = quantize_dynamic(torch.nn.Sequential(plain), spec)[0]
+        guard = torch.zeros(1, linear.in_features)
+        guard[0, :2] = torch.tensor([-1.0, 1.0])
+        self.register_buffer("guard", guard, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, x.shape[-1]).float()
+        scale = flat.abs().amax(dim=1, keepdim=True).clamp(min=1e-12)
+        y = (self.q(torch.cat([flat / scale, self.guard]))[:-1] * scale).to(x.dtype)
+        y = y.reshape(*x.shape[:-1], y.shape[-1])
+        return y if self.bias is None else y + self.bias
