@@ -18,7 +18,7 @@ tags: [gpt2, backstory, fantasy, mythology, from-scratch]
 # Backstory model
 
 A small GPT-2 trained from scratch by `training/` on the project's lore corpus, to write character
-backstories from a name and a short description. It is what `make serve` serves by default.
+backstories from a name and a short description (`BACKSTORY_MODEL=<this folder> make serve`).
 
 ## Numbers
 
@@ -71,7 +71,10 @@ tags: [llama, lora, backstory, fantasy, mythology]
 # Backstory model
 
 A LoRA adapter that makes `{base_model}` (SmolLM2-135M-Instruct) a character-backstory writer. It is
-what `make serve` serves by default: the service merges it into the base at load.
+the measured candidate, not the default (it does not beat the zero-shot base: README, Quality);
+`BACKSTORY_MODEL=models/backstory make serve` serves it, merged into the base at load, in
+float32 (its merged layers are off the 4-bit grid, so `BACKSTORY_QUANTIZE=auto` leaves them
+whole).
 
 ## Base and licences
 
