@@ -36,8 +36,8 @@ class Settings(BaseSettings):
     quantize: Literal["auto", "none", "int8", "int4"] = Field(
         "auto", description="CPU weights: int4 = 4-bit decoder layers (groups of 32, the "
         "packaged base's own format) and an int8 logits head; int8 = every linear int8; auto = "
-        "int4 for a llama model on the CPU, else none. A seeded story stays the same alone or "
-        "batched either way.")
+        "int4 on the CPU for a llama model whose layers are 4-bit already, else none. A seeded "
+        "story stays the same alone or batched either way.")
     decode: Literal["lean", "transformers"] = Field(
         "lean", description="Served decode loop: lean = ours over a llama model's modules with a "
         "KV cache of slots (backstory/llama.py); transformers = the model's forward with its "

@@ -66,7 +66,7 @@ def pick_dtype(setting: str, device: torch.device) -> torch.dtype:
 
 def pick_quantize(setting: str, device: torch.device, model: PreTrainedModel) -> str:
     """`auto`: int4 on the CPU for a llama model whose layers are 4-bit already (the packaged
-    base: int4 reads them as they are, 1.6-3x faster steps for a few rows, backstory/quant.py);
+    base: int4 reads them as they are, about 2x faster steps for 1-8 rows, backstory/quant.py);
     otherwise none (a merged fine-tune keeps what 4 bits would round away)."""
     if setting != "auto":
         return setting
