@@ -11,8 +11,10 @@ default (or --quick) the plot, JSON and server logs go beside the report instead
 import argparse
 import json
 import shlex
+import signal
 import sys
 import tempfile
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -75,7 +77,16 @@ def log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
+def stop_on_sigterm() -> None:
+    """SIGTERM (a CI job cancelled, `timeout`, `kill`) unwinds like Ctrl-C: the servers run in
+    their own process groups, so only our exit stack stops them, and Python's default SIGTERM
+    exit skips it."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
 def main(argv: list[str] | None = None) -> int:
+    stop_on_sigterm()
     args = parse_args(argv)
     cfg = settings(args)
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:

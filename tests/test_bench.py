@@ -3,10 +3,13 @@
 The quick run checks that the harness runs both servers and writes a complete report, not how
 fast anything is (numbers from a tiny random model on a shared CI machine mean nothing)."""
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -97,6 +100,37 @@ def test_sweep_serves_each_value_and_reports(tiny_model, tmp_path):
 
 
 @pytest.mark.slow
+def test_sigterm_stops_the_bench_and_its_servers(tmp_path):
+    """The servers run in their own process groups: a SIGTERM to the bench must still stop them
+    (they used to outlive it, holding ports and memory)."""
+    import psutil
+
+    log = tmp_path / "bench.log"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "BENTOML_DO_NOT_TRACK": "true"}
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "bench", "--quick", "--out",
+                                 str(tmp_path / "BENCH.md")], cwd=ROOT, env=env, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    servers: list[psutil.Process] = []
+    try:
+        deadline = time.monotonic() + 300
+        while "ready:" not in log.read_text(errors="replace"):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
+            time.sleep(0.5)
+        servers = psutil.Process(proc.pid).children(recursive=True)
+        assert servers
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+        gone, alive = psutil.wait_procs(servers, timeout=30)
+        assert not alive, [p.cmdline() for p in alive]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for server in servers:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                server.kill()
+
+
 def test_quick_bench_runs_and_reports_both_servers(tmp_path):
     out = tmp_path / "BENCH.md"
     run_bench("bench", "--quick", "--out", str(out))
