@@ -11,7 +11,10 @@ so there is no padding to mask but the end of shorter rows.
 
 The modules are the model's own (weights shared, quantized layers work as they are, int4 ones
 fused three and two to a call); only the order of operations is ours, the one LlamaDecoderLayer
-runs, so the numbers are the same as transformers' up to float rounding.
+runs, so the numbers are the same as transformers' up to float rounding. A row's numbers never
+depend on its batch mates (each prompt is prefilled alone; a decode step gives positions past a
+row's own a weight of exactly 0): with int4 layers, the default, a row's logits are the same bit
+for bit alone or batched, which "same seed, same story" rests on.
 """
 
 import torch
@@ -38,6 +41,10 @@ class SlotCache:
         dtype = inner.embed_tokens.weight.dtype
         cos, sin = inner.rotary_emb(torch.zeros(1, dtype=dtype), torch.arange(max_len)[None])
         self.cos, self.sin = cos[0], sin[0]  # (max_len, head_dim): position p's rotation
+        half = self.head_dim // 2
+        self.sin_signed = torch.cat([-self.sin[:, :half], self.sin[:, half:]], dim=1)
+        kv = self.kv_heads * self.head_dim
+        self.qkv_sizes = [self.heads * self.head_dim, kv, kv]
         self.k: list[torch.Tensor] = []
         self.v: list[torch.Tensor] = []
         self.span = 0  # positions allocated per slot: grows in buckets up to max_len
@@ -64,50 +71,80 @@ class SlotCache:
     @torch.inference_mode()
     def prefill(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Joining rows (left-padded prompts) into the next free slots; their next-token logits.
-        They run together, each from position 0 (padding moved to the end), under a causal
-        mask."""
+        Each row runs alone, from position 0, over its own prompt only: a batched prefill's
+        matmuls and attention sum a row in another order when its mates widen the call (the
+        last bits differ, and int4 layers' bfloat16 rounding grows that), so a row's numbers
+        would depend on who joined with it. Alone they cannot; a prompt's matmuls are
+        compute-bound either way."""
         n = mask.sum(dim=1)
+        if self.rows + len(ids) > self.max_rows or int(n.max()) > self.max_len:
+            raise ValueError("the slot cache is full")
+        self._reserve(self.rows + len(ids), int(n.max()))
+        return torch.cat([self._prefill_row(row[-int(length):]) for row, length in zip(ids, n)])
+
+    def _prefill_row(self, ids: torch.Tensor) -> torch.Tensor:
+        n, slot = len(ids), self.rows
         # At least 2 positions (a padded one, hidden by the causal mask): a prefill is then a
         # prefill to int4 layers whether its prompt has one token or not (backstory/quant.py).
-        width = max(int(n.max()), 2)
-        if self.rows + len(ids) > self.max_rows or width > self.max_len:
-            raise ValueError("the slot cache is full")
-        # Left padding to right padding: every row's first token at position 0.
-        first = (ids.shape[1] - n)[:, None]
-        ids = ids.gather(1, (torch.arange(width)[None] + first).clamp(max=ids.shape[1] - 1))
-        self._reserve(self.rows + len(ids), width)
-        slots = slice(self.rows, self.rows + len(ids))
+        width = max(n, 2)
+        ids = ids[torch.arange(width).clamp(max=n - 1)][None]
         cos, sin = self.cos[None, :width], self.sin[None, :width]  # (1, width, head_dim)
-
-        def write(i: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            self.k[i][slots, :, :width], self.v[i][slots, :, :width] = k, v
-            return k, v  # attend over this prompt only (padding at the end: causal hides it)
-
-        x = self._layers(self.model.model.embed_tokens(ids), cos, sin, write, None)
-        last = x[torch.arange(len(ids)), n - 1]
-        self.lengths[slots] = n
-        self.rows += len(ids)
-        return self._logits(last)
+        x = self.model.model.embed_tokens(ids)
+        for i, layer in enumerate(self.layers):
+            attn, h = layer.self_attn, layer.input_layernorm(x)
+            q, k, v = (t.reshape(1, width, -1, self.head_dim).transpose(1, 2)
+                       for t in self._qkv(attn, h).split(self.qkv_sizes, dim=-1))
+            q, k = apply_rotary_pos_emb(q, k, cos, sin)  # transformers' own, as its layer does
+            self.k[i][slot, :, :width], self.v[i][slot, :, :width] = k[0], v[0]
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=attn.scaling,
+                                                 enable_gqa=True)
+            x = x + attn.o_proj(out.transpose(1, 2).reshape(1, width, -1))
+            x = x + self._mlp(layer.mlp, layer.post_attention_layernorm(x))
+        self.lengths[slot] = n
+        self.rows += 1
+        return self._logits(self.model.model.norm(x[:, n - 1]))
 
     @torch.inference_mode()
     def decode_one_token(self, tokens: torch.Tensor) -> torch.Tensor:
-        """One new token per running row (slots 0..rows-1); their next-token logits."""
-        rows = torch.arange(self.rows)
-        pos = self.lengths[: self.rows]
+        """One new token per running row (slots 0..rows-1); their next-token logits.
+
+        Written out for one position per row rather than through the modules' forward: half
+        the ops (q and k rotated in one call, the cache written with one index_copy_, attention
+        as two batched matmuls over each row's span), and a row's numbers do not depend on the
+        span its mates need: positions past its own get a weight of exactly 0, where SDPA's
+        blocked kernel summed a longer span in another order."""
+        b, kv, dim = self.rows, self.kv_heads, self.head_dim
+        pos = self.lengths[:b]
         if int(pos.max()) >= self.max_len:
             raise ValueError(f"a row reached the context length ({self.max_len})")
         span = min(up(int(pos.max()) + 1), self.max_len)
-        self._reserve(self.rows, span)
-        cos, sin = self.cos[pos][:, None], self.sin[pos][:, None]  # (rows, 1, head_dim)
-        mask = (torch.arange(span)[None] <= pos[:, None])[:, None, None]  # (rows, 1, 1, span)
-
-        def write(i: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            self.k[i][rows, :, pos], self.v[i][rows, :, pos] = k[:, :, 0], v[:, :, 0]
-            return self.k[i][: self.rows, :, :span], self.v[i][: self.rows, :, :span]
-
-        x = self._layers(self.model.model.embed_tokens(tokens[:, None]), cos, sin, write, mask)
-        self.lengths[: self.rows] += 1
-        return self._logits(x[:, -1])
+        self._reserve(b, span)
+        cos, sin = self.cos[pos][:, None], self.sin_signed[pos][:, None]  # (b, 1, head_dim)
+        mask = torch.full((b, span), float("-inf"), dtype=self.cos.dtype).masked_fill_(
+            torch.arange(span)[None] <= pos[:, None], 0.0)
+        mask = mask.repeat_interleave(kv, dim=0)[:, None]  # (b * kv, 1, span), added to scores
+        # Row r, head h, position p in a cache viewed as (slots * kv * positions, head_dim).
+        at = ((torch.arange(b)[:, None] * kv + torch.arange(kv)) * self.k[0].shape[2]
+              + pos[:, None]).flatten()
+        x = self.model.model.embed_tokens(tokens)  # (b, hidden size)
+        heads = self.heads
+        for i, layer in enumerate(self.layers):
+            attn = layer.self_attn
+            qkv = self._qkv(attn, layer.input_layernorm(x))
+            qk, v = qkv[:, : (heads + kv) * dim].view(b, heads + kv, dim), qkv[:, -kv * dim:]
+            # rotate_half(x) is x rolled by half a head with its first half negated (in sin).
+            qk = torch.addcmul(qk * cos, qk.roll(dim // 2, dims=-1), sin)
+            self.k[i].view(-1, dim).index_copy_(0, at, qk[:, heads:].reshape(-1, dim))
+            self.v[i].view(-1, dim).index_copy_(0, at, v.reshape(-1, dim))
+            keys = self.k[i][:b, :, :span].reshape(b * kv, span, dim)
+            values = self.v[i][:b, :, :span].reshape(b * kv, span, dim)
+            q = qk[:, :heads].reshape(b * kv, heads // kv, dim)  # query heads by kv head
+            scores = torch.baddbmm(mask, q, keys.transpose(1, 2), alpha=attn.scaling)
+            out = torch.bmm(scores.softmax(dim=-1), values).view(b, heads * dim)
+            x = x + attn.o_proj(out)
+            x = x + self._mlp(layer.mlp, layer.post_attention_layernorm(x))
+        self.lengths[:b] += 1
+        return self._logits(self.model.model.norm(x))
 
     @torch.inference_mode()
     def keep(self, index: list[int]) -> None:
@@ -119,29 +156,12 @@ class SlotCache:
                 self.lengths[slot] = self.lengths[row]
         self.rows = len(index)
 
-    def _layers(self, x, cos, sin, write, mask) -> torch.Tensor:
-        for i, layer in enumerate(self.layers):
-            x = x + self._attention(layer.self_attn, layer.input_layernorm(x), i, cos, sin, write,
-                                    mask)
-            x = x + self._mlp(layer.mlp, layer.post_attention_layernorm(x))
-        return self.model.model.norm(x)
-
-    def _attention(self, attn, x, i, cos, sin, write, mask) -> torch.Tensor:
-        b, s, _ = x.shape
-        if getattr(attn, "qkv_proj", None) is not None:  # int4 layers, fused (backstory/quant.py)
-            kv = self.kv_heads * self.head_dim
-            q, k, v = attn.qkv_proj(x).split([self.heads * self.head_dim, kv, kv], dim=-1)
-        else:
-            q, k, v = attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
-        q = q.reshape(b, s, self.heads, self.head_dim).transpose(1, 2)
-        k = k.reshape(b, s, self.kv_heads, self.head_dim).transpose(1, 2)
-        v = v.reshape(b, s, self.kv_heads, self.head_dim).transpose(1, 2)
-        q, k = apply_rotary_pos_emb(q, k, cos, sin)  # transformers' own, as its layer does
-        keys, values = write(i, k, v)
-        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask,
-                                             is_causal=mask is None, scale=attn.scaling,
-                                             enable_gqa=True)
-        return attn.o_proj(out.transpose(1, 2).reshape(b, s, -1))
+    @staticmethod
+    def _qkv(attn, x: torch.Tensor) -> torch.Tensor:
+        """q, k and v side by side: int4 layers are fused into one call (backstory/quant.py)."""
+        if getattr(attn, "qkv_proj", None) is None:
+            return torch.cat([attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)], dim=-1)
+        return attn.qkv_proj(x)
 
     @staticmethod
     def _mlp(mlp, x: torch.Tensor) -> torch.Tensor:

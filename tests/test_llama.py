@@ -90,3 +90,30 @@ def test_a_full_cache_refuses_new_rows_and_clear_frees_them(model_and_tokenizer)
     slots.clear()
     assert slots.prefill(ids[:1], mask[:1]).shape[0] == 1 and slots.rows == 1
 
+
+
+def test_a_row_gets_the_same_logits_bit_for_bit_alone_or_beside_a_longer_row(
+        model_and_tokenizer):
+    """What "same seed, same story" rests on: a row's numbers may not depend on its batch mates.
+    A longer mate widens the prefill and the span attended over (another bucket); with int4
+    layers the activations are rounded to bfloat16, so a difference in the last bit of one sum
+    can flip a rounding and grow from there (it did, to whole logits on the base: a batched
+    prefill and SDPA's blocked kernel summed a row in another order)."""
+    model, tokenizer = model_and_tokenizer
+    long_prompt = " ".join(["the long road north"] * 20)  # over a bucket of its own
+    tokens = torch.tensor([[5, 7, 11, 13, 17, 19]] * 2).T  # the same tokens for both rows
+
+    def run(prompts: list[str]) -> torch.Tensor:
+        slots = SlotCache(model, max_rows=2, max_len=1024)
+        ids, mask = encode(tokenizer, prompts)
+        out = [slots.prefill(ids, mask)]
+        out += [slots.decode_one_token(step[: len(prompts)]) for step in tokens]
+        return torch.stack(out)[:, -1]  # the short prompt's row
+
+    alone, beside = run(PROMPTS[:1]), run([long_prompt, PROMPTS[0]])
+    assert len(tokenizer(long_prompt)["input_ids"]) > BUCKET
+    if getattr(model.model.layers[0].mlp, "gate_up_proj", None) is not None:  # int4: the default
+        assert torch.equal(alone, beside)
+    else:  # float32 matmuls (MKL) sum one row in another order with 4 rows than with 1
+        assert torch.equal(alone[0], beside[0])  # the prefill: each row alone
+        torch.testing.assert_close(alone, beside, rtol=1e-5, atol=1e-6)
