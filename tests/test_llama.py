@@ -117,3 +117,16 @@ def test_a_row_gets_the_same_logits_bit_for_bit_alone_or_beside_a_longer_row(
     else:  # float32 matmuls (MKL) sum one row in another order with 4 rows than with 1
         assert torch.equal(alone[0], beside[0])  # the prefill: each row alone
         torch.testing.assert_close(alone, beside, rtol=1e-5, atol=1e-6)
+
+
+def test_a_prefill_that_fails_midway_takes_no_slot(model_and_tokenizer):
+    """Rows are prefilled one at a time: when a later one fails, the earlier ones' slots are not
+    taken (the scheduler fails all the joining rows, and its batch must match the slots)."""
+    model, tokenizer = model_and_tokenizer
+    slots = SlotCache(model, max_rows=4, max_len=64)
+    ids, mask = encode(tokenizer, PROMPTS[:2])
+    ids[1, -1] = model.config.vocab_size  # no such token: the second row fails, the first ran
+    with pytest.raises(IndexError):
+        slots.prefill(ids, mask)
+    assert slots.rows == 0
+    assert slots.prefill(*encode(tokenizer, PROMPTS[:1])).shape[0] == 1 and slots.rows == 1
