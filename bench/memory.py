@@ -70,6 +70,18 @@ class RssMonitor:
                 with self.lock:
                     self.peaks[name] = max(self.peaks.get(name, 0), value)
 
+    def cpu_seconds(self) -> float:
+        """CPU time the named processes have used so far, all together."""
+        total = 0.0
+        for name in self.finders:
+            self.current(name)  # re-finds a restarted worker
+            try:
+                times = self.procs[name].cpu_times() if self.procs[name] else None
+            except psutil.Error:
+                times = None
+            total += times.user + times.system if times else 0.0
+        return total
+
     def take_peaks(self) -> dict[str, int]:
         """The peaks since the last call, then start over from the current values."""
         self.sample()

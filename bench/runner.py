@@ -5,6 +5,7 @@ and the per-repeat ratios cancel it. After each round, our stream route runs at 
 concurrency for time to first token."""
 
 import statistics
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 
@@ -40,13 +41,28 @@ def runs(urls: dict[str, str]) -> list[tuple[str, str]]:
     return [(s, "generate") for s in SERVERS if s in urls] + [("ours", "stream")]
 
 
+def settle(monitor: RssMonitor, limit_s: float = 900, busy_cores: float = 0.2) -> float:
+    """Wait until no server is still computing; the seconds waited. The naive baseline does not
+    stop a generate() whose client timed out (at 32 clients on the 135M base every request did),
+    and its leftover work would be measured as the next server's slowness."""
+    start = time.monotonic()
+    while time.monotonic() - start < limit_s:
+        before = monitor.cpu_seconds()
+        time.sleep(1)
+        if monitor.cpu_seconds() - before < busy_cores:
+            break
+    return time.monotonic() - start
+
+
 def one_run(urls: dict[str, str], monitor: RssMonitor, plan: Plan, level: int, server: str,
             route: str, requests: int | None = None) -> LoadResult:
+    waited = settle(monitor)
     monitor.take_peaks()
     result = load.run(urls[server], level, requests or plan.requests(level), plan.new_tokens,
                       route=route, server=server, timeout_s=plan.timeout_s,
                       deadline_s=plan.deadline_s)
     result.max_rss_bytes = monitor.take_peaks().get(server)
+    result.settle_s = round(waited, 1)
     return result
 
 
@@ -67,7 +83,9 @@ def measure_level(urls: dict[str, str], monitor: RssMonitor, plan: Plan, level: 
             result = row[key(server, route)] = one_run(urls, monitor, plan, level, server, route)
             log(f"level {level} repeat {repeat + 1}/{plan.repeats} {key(server, route)}: "
                 f"{result.backstories_per_s:.2f} backstories/s, {result.tokens_per_s:.0f} tok/s, "
-                f"p50 {_ms(result.p50_s)}, {result.errors} errors")
+                f"p50 {_ms(result.p50_s)}, {result.errors} errors"
+                + (f" (after {result.settle_s:.0f} s for the servers to go idle)"
+                   if result.settle_s > 2 else ""))
         rounds.append(row)
     return aggregate(level, plan.requests(level), rounds)
 

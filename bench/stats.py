@@ -38,6 +38,7 @@ class LoadResult:
     ttft_gen_p50_s: float | None = None
     error_samples: list[str] = field(default_factory=list)
     max_rss_bytes: int | None = None  # filled in by the runner from its RSS monitor
+    settle_s: float = 0.0  # waited first for the servers to be idle (bench/runner.py: settle)
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:

@@ -151,3 +151,24 @@ def test_quick_bench_runs_and_reports_both_servers(tmp_path):
                     "ours/baseline"):
         assert section in report
     assert report.count("- ✅") + report.count("- ❌") + report.count("- ➖") == 6
+
+
+def test_settle_waits_while_a_server_still_computes_and_not_once_it_is_idle():
+    """The naive baseline goes on computing after its clients time out; the next server must not
+    be measured against that leftover work (bench/runner.py: settle)."""
+    import psutil
+
+    from bench.memory import RssMonitor
+    from bench.runner import settle
+
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    idle = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        procs = {"busy": psutil.Process(busy.pid), "idle": psutil.Process(idle.pid)}
+        with RssMonitor({"busy": lambda: procs["busy"]}) as monitor:
+            assert settle(monitor, limit_s=3) >= 3  # gave up at its limit, still busy
+        with RssMonitor({"idle": lambda: procs["idle"]}) as monitor:
+            assert settle(monitor, limit_s=30) < 3  # one quiet second is enough
+    finally:
+        busy.kill(), idle.kill()
+        busy.wait(), idle.wait()
