@@ -179,14 +179,17 @@ class Engine:
 
     def row_settings(self, r: BackstoryRequest | PromptRequest) -> RowSettings:
         s = self.settings
-        max_new = max(r.max_new_tokens or s.max_new_tokens, r.min_new_tokens)
+        free = isinstance(r, PromptRequest)
+        # A story is never its opener alone: end-of-text may not be its first token (the
+        # README's call has no seed, and a reply of just the name is no story).
+        min_new = r.min_new_tokens if free else max(1, r.min_new_tokens)
+        max_new = max(r.max_new_tokens or s.max_new_tokens, min_new)
         return RowSettings(
             temperature=r.temperature or s.temperature, top_p=r.top_p or s.top_p,
             top_k=s.top_k if r.top_k is None else r.top_k,
             repetition_penalty=r.repetition_penalty or s.repetition_penalty,
             seed=random.getrandbits(32) if r.seed is None else r.seed,
-            min_new_tokens=r.min_new_tokens, max_new_tokens=max_new,
-            free=isinstance(r, PromptRequest),
+            min_new_tokens=min_new, max_new_tokens=max_new, free=free,
         )
 
     def encode(self, requests: list[BackstoryRequest], rows: list[RowSettings]

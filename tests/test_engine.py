@@ -12,6 +12,7 @@ from backstory.engine import Engine
 from backstory.sampling import RowSampler, RowSettings
 from backstory.scheduler import Scheduler
 from backstory.schemas import BackstoryRequest as Request
+from backstory.schemas import PromptRequest
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +42,19 @@ def test_min_new_tokens_forces_the_length(engine):
     (g,) = engine.generate([Request(name="A", description="b", seed=5, min_new_tokens=40,
                                     max_new_tokens=40)])
     assert g.tokens == 40
+
+
+def test_a_story_never_ends_on_its_first_token(engine):
+    """Where the model puts all its weight on end-of-text at the first step, a story still gets
+    a token (an unseeded call once returned the name alone); a free prompt may end at once."""
+    eos = engine.tokenizer.eos_token_id
+    rows = [engine.row_settings(Request(name="A", description="b", seed=1)),
+            engine.row_settings(PromptRequest(prompt="x", seed=1))]
+    scores = torch.zeros(2, len(engine.tokenizer))
+    scores[:, eos] = 50.0
+    prompt = torch.zeros(2, 1, dtype=torch.long)
+    chosen = RowSampler(rows, eos, "cpu").sample(prompt, scores, [0, 0])
+    assert chosen[0] != eos and chosen[1] == eos
 
 
 def test_same_seed_same_story_and_seed_is_reported(engine):
