@@ -126,7 +126,7 @@ class SlotCache:
             torch.arange(span)[None] <= pos[:, None], 0.0)
         mask = mask.repeat_interleave(kv, dim=0)[:, None]  # (b * kv, 1, span), added to scores
         # Row r, head h, position p in a cache viewed as (slots * kv * positions, head_dim).
-        at = ((torch.arange(b)[:, None] * kv + torch.arange(kv)) * self.k[0].shape[2]
+        at = ((torch.arange(b)[:, None] * kv + torch.arange(kv)) * self.span
               + pos[:, None]).flatten()
         x = self.model.model.embed_tokens(tokens)  # (b, hidden size)
         heads = self.heads
