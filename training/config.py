@@ -31,6 +31,11 @@ class TrainConfig:
     sft_corpus_rows: int = _opt(0, "Human passages from `data` (train split, with a header) added "
                                 "to sft_data as rows: the coherence and name use that stories "
                                 "sampled from the base cannot teach.")
+    dpo_data: str = _opt("", "JSONL of name/description/chosen/rejected rows "
+                         "(training/preferences.py): preference fine-tuning (DPO) of base_model "
+                         "on the served prompt; `data` and sft_data unused.")
+    dpo_beta: float = _opt(0.1, "DPO: how far the model may move from the base (lower = further).")
+    dpo_sft: float = _opt(0.2, "DPO: weight of the language-model loss on the chosen stories.")
     cache_dir: str = _opt(".cache/training", "Where tokenized datasets are cached.")
     # Tokenizer and model
     base_model: str = _opt("", "Fine-tune this causal LM (folder, Hub id or "
@@ -84,6 +89,13 @@ PRESETS: dict[str, dict] = {
                     lora_r=16, lora_alpha=32, lr=3e-4, block_size=384, batch_size=8,
                     warmup_steps=10, max_steps=54, max_minutes=16, eval_every=18,
                     eval_batches=0, weight_decay=0.0, dropout=0.0, output_dir="runs/smollm2"),
+    # DPO (LoRA) on the packaged base, on pairs of its own stories (training/preferences.py).
+    "smollm2-dpo": dict(base_model="smollm2-135m-instruct",
+                        dpo_data="training/data/preferences.jsonl", lora_r=16, lora_alpha=32,
+                        lora_dropout=0.0, lr=1e-4, block_size=384, batch_size=2, grad_accum=4,
+                        warmup_steps=3, max_steps=28, max_minutes=60, eval_every=14,
+                        eval_batches=0, weight_decay=0.0, dropout=0.0,
+                        output_dir="runs/smollm2-dpo"),
     "gpu": dict(block_size=512, n_layer=6, n_embd=384, n_head=6, batch_size=64, lr=1e-3,
                 warmup_steps=200, max_steps=100_000, max_minutes=5, eval_every=500,
                 eval_batches=40, output_dir="runs/gpu"),
@@ -108,6 +120,8 @@ def validate(cfg: TrainConfig) -> None:
             errors.append(f"{name} must be at least 1")
     if cfg.precision not in ("auto", "bf16", "fp32"):
         errors.append(f"precision must be auto, bf16 or fp32, got {cfg.precision!r}")
+    if cfg.dpo_data and not cfg.base_model:
+        errors.append("dpo_data needs a base_model (DPO fine-tunes a model that already writes)")
     if not cfg.data and not cfg.sft_data:
         errors.append("no data sources given")
     if cfg.lora_r < 0 or (cfg.lora_r and not cfg.base_model):

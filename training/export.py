@@ -55,13 +55,17 @@ def sample_backstories(out: Path, seed: int) -> list[dict]:
             for r, g in zip(requests, engine.generate(requests))]
 
 
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
 def export(cfg: TrainConfig, trainer: Trainer, tokenizer, final: dict, wall_s: float,
            n_train_blocks: int) -> Path:
     out = Path(cfg.output_dir)
     model = trainer.model
     state = trainer.state
     # Fine-tuning examples are shorter than a block: count what the model really read.
-    tokens_seen = (state.num_input_tokens_seen if cfg.sft_data else
+    tokens_seen = (state.num_input_tokens_seen if cfg.sft_data or cfg.dpo_data else
                    state.global_step * cfg.batch_size * cfg.grad_accum * cfg.block_size)
     command = "python -m training " + shlex.join(sys.argv[1:])
     before = out / "metrics.json"
@@ -71,7 +75,11 @@ def export(cfg: TrainConfig, trainer: Trainer, tokenizer, final: dict, wall_s: f
         command = f"{previous['command']}\n{command}"
     metrics = {
         "val_loss": round(final["eval_loss"], 4),
-        "val_perplexity": round(math.exp(final["eval_loss"]), 2),
+        # DPO's validation loss is its preference loss: no perplexity, but how often the held-out
+        # pairs' chosen story wins, and by how much (beta x log-probability ratio).
+        "val_perplexity": None if cfg.dpo_data else round(math.exp(final["eval_loss"]), 2),
+        "val_preference_accuracy": _rounded(final.get("eval_rewards/accuracies")),
+        "val_reward_margin": _rounded(final.get("eval_rewards/margins")),
         "parameters": count_parameters(model),
         "trained_parameters": count_parameters(model, trainable=True),
         "steps": state.global_step,

@@ -11,6 +11,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from backstory.engine import has_fast_bf16, pick_device
 from training.config import TrainConfig, validate
 from training.data import load_passages, tokenize_and_group
+from training.dpo import dpo_settings, load_pairs
 from training.export import export
 from training.model import build_model, count_parameters
 from training.sft import PadCollator, sft_dataset
@@ -82,8 +83,11 @@ def get_tokenizer(cfg: TrainConfig, passages):
 
 
 def load_data(cfg: TrainConfig):
-    """(tokenizer, train/val dataset, collator): stories to fine-tune on (sft_data), or corpus
-    text cut into blocks of block_size."""
+    """(tokenizer, train/val dataset, collator): preference pairs (dpo_data; trl collates),
+    stories to fine-tune on (sft_data), or corpus text cut into blocks of block_size."""
+    if cfg.dpo_data:
+        tokenizer = load_tokenizer(cfg.base_model)
+        return tokenizer, load_pairs(cfg.dpo_data, tokenizer), None
     if cfg.sft_data:
         tokenizer = load_tokenizer(cfg.base_model)
         return tokenizer, sft_dataset(cfg, tokenizer), PadCollator(tokenizer.pad_token_id)
@@ -103,7 +107,12 @@ def train(cfg: TrainConfig) -> Path:
           f"({count_parameters(model, trainable=True) / 1e6:.2f}M trained); train examples: "
           f"{len(blocks['train'])}, val: {len(blocks['val'])} (up to {cfg.block_size} tokens)")
 
-    args = TrainingArguments(
+    trainer_class, args_class, extra = Trainer, TrainingArguments, {}
+    if cfg.dpo_data:  # trl's trainer: a Trainer with the DPO loss and a frozen reference
+        from trl import DPOConfig, DPOTrainer
+
+        trainer_class, args_class, extra = DPOTrainer, DPOConfig, dpo_settings(cfg)
+    args = args_class(
         output_dir=str(work_dir(cfg) / "checkpoints"), per_device_train_batch_size=cfg.batch_size,
         per_device_eval_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
         learning_rate=cfg.lr, weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm,
@@ -111,15 +120,16 @@ def train(cfg: TrainConfig) -> Path:
         eval_steps=cfg.eval_every, save_steps=cfg.eval_every, save_total_limit=2,
         logging_steps=max(1, min(50, cfg.eval_every // 5)), bf16=use_bf16(cfg.precision),
         seed=cfg.seed, report_to="none", dataloader_num_workers=0, remove_unused_columns=False,
-        torch_compile=False, use_cpu=not cuda, include_num_input_tokens_seen=True,
+        torch_compile=False, use_cpu=not cuda, include_num_input_tokens_seen=True, **extra,
     )
     eval_rows = len(blocks["val"]) if not cfg.eval_batches else cfg.eval_batches * cfg.batch_size
     clock = WallClock(cfg.max_minutes)
     trained = [p for p in model.parameters() if p.requires_grad]  # LoRA: the adapters only
     optimizer = torch.optim.AdamW(trained, lr=cfg.lr, betas=(0.9, 0.95),
                                   weight_decay=cfg.weight_decay, fused=cuda)
-    trainer = Trainer(
-        model=model, args=args, data_collator=collator, train_dataset=blocks["train"],
+    trainer = trainer_class(
+        model=model, args=args, data_collator=collator, processing_class=tokenizer,
+        train_dataset=blocks["train"],
         eval_dataset=blocks["val"].select(range(min(eval_rows, len(blocks["val"])))),
         callbacks=[clock], optimizers=(optimizer, cosine_schedule(optimizer, cfg, clock)),
     )
