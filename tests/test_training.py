@@ -70,7 +70,9 @@ def test_resume_continues_from_the_last_checkpoint(tiny_run):
     (["--n_embd", "65"], "divisible by n_head"),
     (["--data", "/nonexistent/folder"], "does not exist"),
     (["--preset", "huge"], "unknown preset"),
-    (["--precision", "fp8"], "precision")])
+    (["--precision", "fp8"], "precision"),
+    (["--preset", "smollm2-dpo", "--sft_data", "x.jsonl"], "not both"),
+    (["--dpo_data", "x.jsonl"], "needs a base_model")])
 def test_bad_config_is_a_clear_error(args, message, tmp_path):
     r = train_cli(*args, "--output_dir", str(tmp_path / "m"), timeout=120)
     assert r.returncode == 2 and message in r.stderr

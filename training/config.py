@@ -122,6 +122,8 @@ def validate(cfg: TrainConfig) -> None:
         errors.append(f"precision must be auto, bf16 or fp32, got {cfg.precision!r}")
     if cfg.dpo_data and not cfg.base_model:
         errors.append("dpo_data needs a base_model (DPO fine-tunes a model that already writes)")
+    if cfg.dpo_data and cfg.sft_data:
+        errors.append("give dpo_data (pairs) or sft_data (stories), not both")
     if not cfg.data and not cfg.sft_data:
         errors.append("no data sources given")
     if cfg.lora_r < 0 or (cfg.lora_r and not cfg.base_model):
