@@ -12,7 +12,7 @@ import datasets
 
 from backstory.text import build_prompt
 from training.config import TrainConfig
-from training.sft import VAL_EVERY
+from training.sft import load_rows
 
 
 def to_prompt_completion(row: dict, tokenizer) -> dict:
@@ -29,17 +29,9 @@ def to_prompt_completion(row: dict, tokenizer) -> dict:
 
 
 def load_pairs(path: str, tokenizer) -> datasets.DatasetDict:
-    rows = datasets.load_dataset("json", data_files=path, split="train")
-    missing = {"name", "description", "chosen", "rejected"} - set(rows.column_names)
-    if missing:
-        raise ValueError(f"{path} lacks the column(s) {', '.join(sorted(missing))}")
-    if len(rows) < VAL_EVERY:
-        raise ValueError(f"{path} has {len(rows)} pairs; DPO needs at least {VAL_EVERY}")
-    rows = rows.map(to_prompt_completion, fn_kwargs={"tokenizer": tokenizer},
-                    remove_columns=rows.column_names)
-    val = list(range(VAL_EVERY - 1, len(rows), VAL_EVERY))
-    train = sorted(set(range(len(rows))) - set(val))
-    return datasets.DatasetDict(train=rows.select(train), val=rows.select(val))
+    rows = load_rows(path, ("name", "description", "chosen", "rejected"))
+    return rows.map(to_prompt_completion, fn_kwargs={"tokenizer": tokenizer},
+                    remove_columns=rows["train"].column_names)
 
 
 def dpo_settings(cfg: TrainConfig) -> dict:

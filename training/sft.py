@@ -20,14 +20,16 @@ VAL_EVERY = 20  # every 20th row is held out for validation
 STORY_WORDS = (120, 220)  # human passages are cut to a backstory's length, at a sentence end
 
 
-def load_rows(path: str) -> datasets.DatasetDict:
+def load_rows(path: str, columns: tuple[str, ...] = ("name", "description", "story")
+              ) -> datasets.DatasetDict:
+    """The JSONL file's `columns`, every VAL_EVERY-th row held out (stories here, DPO's pairs)."""
     rows = datasets.load_dataset("json", data_files=path, split="train")
-    missing = {"name", "description", "story"} - set(rows.column_names)
+    missing = set(columns) - set(rows.column_names)
     if missing:
         raise ValueError(f"{path} lacks the column(s) {', '.join(sorted(missing))}")
     if len(rows) < VAL_EVERY:
         raise ValueError(f"{path} has {len(rows)} rows; fine-tuning needs at least {VAL_EVERY}")
-    rows = rows.select_columns(["name", "description", "story"])
+    rows = rows.select_columns(list(columns))
     val = list(range(VAL_EVERY - 1, len(rows), VAL_EVERY))
     train = sorted(set(range(len(rows))) - set(val))
     return datasets.DatasetDict(train=rows.select(train), val=rows.select(val))
