@@ -1,6 +1,7 @@
-"""The model in memory: load it, build its prompts and per-row settings, turn tokens into a
-result. Decoding is the scheduler's (backstory/scheduler.py), for the service and for
-Engine.generate alike (the training run's sample backstories, the evaluation, the distillation).
+"""The model in memory (found and loaded by backstory/weights.py): build its prompts and per-row
+settings, turn tokens into a result. Decoding is the scheduler's (backstory/scheduler.py), for
+the service and for Engine.generate alike (the training run's sample backstories, the
+evaluation, the distillation).
 """
 
 import random
@@ -8,105 +9,14 @@ import threading
 from pathlib import Path
 
 import torch
-from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    GenerationConfig,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-)
+from transformers import PreTrainedTokenizerBase
 
-from backstory.base import PACKAGED_BASE, ensure_base
 from backstory.config import Settings
-from backstory.quant import four_bit_grid, quantized
+from backstory.quant import quantized
 from backstory.sampling import RowSettings
 from backstory.schemas import BackstoryRequest, Controls, Generation, PromptRequest
 from backstory.text import SPECIAL_STOPS, build_prompt, clean_backstory, find_stop, opening
-
-
-def resolve_model(ref: str) -> str:
-    """A model folder as is; the packaged base's name as its converted folder (converted on first
-    use); otherwise a BentoML model-store tag; otherwise a Hub id."""
-    if Path(ref).is_dir():
-        return ref
-    if ref == PACKAGED_BASE:
-        return str(ensure_base())
-    import bentoml
-
-    try:
-        return bentoml.models.get(ref).path
-    except Exception:  # not a tag, or not in the store: let transformers try the Hub
-        return ref
-
-
-def pick_device(setting: str = "auto") -> torch.device:
-    if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(setting)
-
-
-def has_fast_bf16(device: torch.device) -> bool:
-    """bf16 matmuls run natively: CUDA with bf16 support, or a CPU with AVX512-BF16 / AMX."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    cpuinfo = Path("/proc/cpuinfo")
-    flags = cpuinfo.read_text(errors="replace") if cpuinfo.exists() else ""
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def pick_dtype(setting: str, device: torch.device) -> torch.dtype:
-    """`auto`: bf16 on CUDA, fp32 on CPU. A CPU with native bf16 runs the default model 20-35 %
-    faster per step in bf16 (bench/levers.md), but bf16 rounding depends on the batch's shape,
-    so a seeded story would change with its batch mates; fp32 keeps it exact, bf16 is opt-in.
-    fp16 weights are upcast: half precision matmuls without hardware support are slow."""
-    if setting == "auto":
-        return torch.bfloat16 if device.type == "cuda" and has_fast_bf16(device) else torch.float32
-    return getattr(torch, setting)
-
-
-def pick_quantize(setting: str, device: torch.device, model: PreTrainedModel) -> str:
-    """`auto`: int4 on the CPU for a llama model whose layers are 4-bit already (the packaged
-    base: int4 reads them as they are, about 2x faster steps for 1-8 rows, backstory/quant.py);
-    otherwise none (a merged fine-tune keeps what 4 bits would round away)."""
-    if setting != "auto":
-        return setting
-    llama = device.type == "cpu" and model.config.model_type == "llama"
-    return "int4" if llama and four_bit_grid(model) else "none"
-
-
-def is_adapter(path: str) -> bool:
-    return (Path(path) / "adapter_config.json").is_file()
-
-
-def load_weights(path: str, dtype: torch.dtype, base: str = "") -> PreTrainedModel:
-    """A full model folder as is; a LoRA adapter folder merged into `base` (default: the base its
-    adapter_config.json names), one plain model again: no adapter arithmetic at serving time."""
-    if not is_adapter(path):
-        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-    from peft import PeftConfig, PeftModel
-
-    base = base or PeftConfig.from_pretrained(path).base_model_name_or_path
-    model = AutoModelForCausalLM.from_pretrained(resolve_model(base), dtype=torch.float32)
-    merged = PeftModel.from_pretrained(model, path).merge_and_unload()  # merged in fp32
-    return merged.to(dtype)
-
-
-def load_model(path: str, device: torch.device, dtype: str = "auto", base: str = ""
-               ) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
-    """Tokenizer (left padding, a pad token) and model in eval mode on `device`, in `dtype`
-    (see pick_dtype). An adapter folder brings its tokenizer; its weights merge into `base`."""
-    dtype = pick_dtype(dtype, device)
-    tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model = load_weights(path, dtype, base).to(device).eval()
-    # The folder's generation_config.json (sampling defaults for users of model.generate, as the
-    # bench's naive server and levers are) would be merged into every generate() call: its
-    # repetition penalty on top of the settings'. The settings are the one source of defaults.
-    model.generation_config = GenerationConfig(
-        bos_token_id=model.config.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id)
-    return tokenizer, model
+from backstory.weights import context_length, load_model, pick_device, pick_quantize, resolve_model
 
 
 def prompt_text(tokenizer: PreTrainedTokenizerBase, settings: Settings, name: str,
@@ -115,11 +25,6 @@ def prompt_text(tokenizer: PreTrainedTokenizerBase, settings: Settings, name: st
     controls: genre, tone, length, point of view, setting, structure)."""
     return build_prompt(name, description, settings.opener, settings.restate, tokenizer,
                         settings.instruction, controls)
-
-
-def context_length(model: PreTrainedModel) -> int:
-    config = model.config
-    return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", 2048)
 
 
 class Engine:
@@ -132,12 +37,16 @@ class Engine:
         path = resolve_model(settings.model)
         if settings.quantize not in ("auto", "none") and self.device.type != "cpu":
             raise ValueError(f"quantize={settings.quantize} is for the CPU (its kernels are)")
-        self.tokenizer, self.model = load_model(path, self.device, settings.dtype, settings.base)
+        keep = settings.quantize in ("auto", "int4") and self.device.type == "cpu"
+        self.tokenizer, self.model = load_model(path, self.device, settings.dtype, settings.base,
+                                                keep_low_rank=keep)
         self.name = Path(path).name if Path(path).is_dir() else path
         self.parameters = sum(p.numel() for p in self.model.parameters())
         self.quantize = pick_quantize(settings.quantize, self.device, self.model)
         if self.quantize != "none":
             self.model = quantized(self.model, self.quantize)
+        if getattr(self.model, "low_rank", None):  # load_weights kept them for int4 alone
+            raise RuntimeError("an adapter's low-rank changes were left unapplied")
         self.context = context_length(self.model)
         self.word_pieces = self._word_pieces()
         self.lock = threading.Lock()  # one batch at a time: batches already use every core

@@ -24,14 +24,23 @@ PACK_ROWS = 32  # the CPU packing's blocks of output rows: packed parts concaten
 
 def quantized(model: PreTrainedModel, kind: str) -> PreTrainedModel:
     """`model` with its nn.Linear layers replaced in place: int4 where the kernel's shapes allow
-    (else int8), or int8 everywhere; the logits head is always int8."""
-    for parent in list(model.modules()):
+    (else int8), or int8 everywhere; the logits head is always int8. An adapter's low-rank
+    changes (`model.low_rank`, see engine.load_weights) stay beside the int4 layers they belong
+    to; elsewhere they are merged into the weights first."""
+    low_rank = getattr(model, "low_rank", {})
+    for prefix, parent in list(model.named_modules()):
         for name, child in parent.named_children():
             if type(child) is not torch.nn.Linear:
                 continue
             four = kind == "int4" and child is not model.get_output_embeddings()
             four = four and Int4Linear.fits(child)
-            setattr(parent, name, Int4Linear(child) if four else RowInt8Linear(child))
+            delta = low_rank.get(f"{prefix}.{name}" if prefix else name)
+            if delta is not None and not four:
+                with torch.no_grad():
+                    child.weight += (delta[1] @ delta[0]).to(child.weight.dtype)
+            new = Int4Linear(child, delta if four else None) if four else RowInt8Linear(child)
+            setattr(parent, name, new)
+    model.low_rank = {}
     layers = model.model.layers if model.config.model_type == "llama" else []
     for layer in layers:
         attn, mlp = layer.self_attn, layer.mlp
@@ -63,6 +72,11 @@ def fuse(parts: list[torch.nn.Module]) -> "Int4Linear | None":
     for name, dim in (("packed", 0), ("scales_zeros", 1), ("weight", 0)):  # packing is by row
         fused.register_buffer(name, torch.cat([getattr(p, name) for p in parts], dim=dim))
     fused.bias, fused.out_features = None, sum(p.out_features for p in parts)
+    fused.in_features = parts[0].in_features
+    fused.low_rank_a = fused.low_rank_b = None
+    if any(p.low_rank_a is not None for p in parts):  # side by side: [A1; A2], diag(B1, B2)
+        a, b = zip(*(p.low_rank() for p in parts), strict=True)
+        fused.low_rank_a, fused.low_rank_b = torch.cat(a, dim=1), torch.block_diag(*b)
     start = 0
     for p in parts:
         rows = slice(start, start + p.out_features)
@@ -96,7 +110,8 @@ class Int4Linear(torch.nn.Module):
     row) multiplies by the same weights dequantized, kept beside the packed ones. The choice
     depends on the call's kind, never on its batch mates, so a seeded story stays the same."""
 
-    def __init__(self, linear: torch.nn.Linear):
+    def __init__(self, linear: torch.nn.Linear,
+                 low_rank: tuple[torch.Tensor, torch.Tensor] | None = None):
         super().__init__()
         w = linear.weight.detach().float()
         n, k = w.shape
@@ -112,6 +127,20 @@ class Int4Linear(torch.nn.Module):
         self.register_buffer("weight", linear.weight.detach().copy_(dense))
         self.bias = linear.bias
         self.out_features = n
+        self.in_features = k
+        # An adapter's change, B @ A (B scaled), kept in the model's dtype beside the 4-bit
+        # weights: it is smaller than their rounding step, so merged it would mostly be rounded
+        # away. Held transposed and contiguous: a matmul with a transposed view is 3x slower.
+        self.low_rank_a = self.low_rank_b = None
+        if low_rank is not None:
+            a, b = (t.detach().to(linear.weight.dtype).T.contiguous() for t in low_rank)
+            self.low_rank_a, self.low_rank_b = a, b  # (in, r), (r, out)
+
+    def low_rank(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A^T, B^T); of rank 0 for a layer without an adapter (so fused parts stack)."""
+        if self.low_rank_a is None:
+            return torch.zeros(self.in_features, 0), torch.zeros(0, self.out_features)
+        return self.low_rank_a, self.low_rank_b
 
     @staticmethod
     def codes(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -132,12 +161,18 @@ class Int4Linear(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 3 and x.shape[1] > 1:  # a prefill
-            return torch.nn.functional.linear(x, self.weight, self.bias)
-        flat = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
-        y = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, self.packed, GROUP,
-                                                        self.scales_zeros).to(x.dtype)
-        y = y.reshape(*x.shape[:-1], self.out_features)
-        return y if self.bias is None else y + self.bias
+            y = torch.nn.functional.linear(x, self.weight, self.bias)
+        else:
+            flat = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, self.packed, GROUP,
+                                                            self.scales_zeros).to(x.dtype)
+            y = y.reshape(*x.shape[:-1], self.out_features)
+            y = y if self.bias is None else y + self.bias
+        if self.low_rank_a is None:
+            return y
+        flat = x.reshape(-1, self.in_features)  # y += (x A^T) B^T, the add fused in
+        out = torch.addmm(y.reshape(-1, self.out_features), flat @ self.low_rank_a, self.low_rank_b)
+        return out.reshape(y.shape)
 
 
 class RowInt8Linear(torch.nn.Module):

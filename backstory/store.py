@@ -1,8 +1,10 @@
 """`python -m backstory.store`: the served model into the BentoML model store, so a Bento packs it.
 
-The default model is an adapter merged at load into a base converted on this machine; a Bento and
-its container must start without the package registry or our cache. So the merged model, one
-plain transformers folder, goes into the model store under a tag. service.py declares that tag
+A fine-tune is an adapter on a base converted on this machine; a Bento and its container must
+start without the package registry or our cache. So the served model goes into the model store
+under a tag: a full model as one transformers folder; an adapter as it is, with its base in a
+`base/` folder beside it, so the Bento serves it as `make serve` does (on the CPU the adapter
+stays unmerged beside the int4 base: engine.load_weights). service.py declares that tag
 (BACKSTORY_MODEL) as the model service's model, `bentoml build` packs it into the Bento, and the
 Bento serves it by tag (bentofile.yaml sets BACKSTORY_MODEL). `make build` does all of it.
 
@@ -15,6 +17,7 @@ import sys
 from pathlib import Path
 
 NAME = "backstory-model"
+BASE_FOLDER = "base"  # an adapter's base, beside it in its stored folder
 
 
 def is_store_tag(ref: str) -> bool:
@@ -32,24 +35,25 @@ def digest(folder: Path, base: str) -> str:
 
 
 def base_of(path: str, base: str = "") -> str:
-    """What an adapter is merged into ("" for a full model); the packaged base with its sha256."""
+    """What an adapter applies to ("" for a full model); the packaged base with its sha256."""
     from backstory.base import GGUF_SHA256, PACKAGED_BASE
-    from backstory.engine import is_adapter
+    from backstory.weights import adapter_base, is_adapter
 
     if not is_adapter(path):
         return ""
-    from peft import PeftConfig
-
-    name = base or PeftConfig.from_pretrained(path).base_model_name_or_path
+    name = adapter_base(path, base)
     return f"{name}@{GGUF_SHA256}" if name == PACKAGED_BASE else name
 
 
 def save(model: str, base: str = "", name: str = NAME) -> str:
-    """The merged model in the store as `name:<digest>` (kept if it is there already)."""
+    """The served model in the store as `name:<digest>` (kept if it is there already)."""
+    import shutil
+
     import bentoml
     import torch
+    from transformers import AutoModelForCausalLM
 
-    from backstory.engine import load_model, resolve_model
+    from backstory.weights import adapter_base, load_model, resolve_model
 
     path = resolve_model(model)
     base_id = base_of(path, base)
@@ -58,12 +62,18 @@ def save(model: str, base: str = "", name: str = NAME) -> str:
         return str(bentoml.models.get(tag).tag)
     except bentoml.exceptions.NotFound:
         pass
-    tokenizer, merged = load_model(path, torch.device("cpu"), "float32", base)
-    metadata = {"source": model, "base": base_id or "none", "parameters":
-                sum(p.numel() for p in merged.parameters())}
+    metadata = {"source": model, "base": base_id or "none"}
     with bentoml.models.create(tag, metadata=metadata, labels={"project": "backstory"}) as bm:
-        merged.to(torch.float16).save_pretrained(bm.path)
-        tokenizer.save_pretrained(bm.path)
+        if base_id:
+            shutil.copytree(path, bm.path, dirs_exist_ok=True)
+            folder = resolve_model(adapter_base(path, base))
+            # In its own dtype (the packaged base's bfloat16): its 4-bit grid kept exactly.
+            AutoModelForCausalLM.from_pretrained(folder, dtype="auto").save_pretrained(
+                Path(bm.path) / BASE_FOLDER)
+        else:
+            tokenizer, full = load_model(path, torch.device("cpu"), "float32")
+            full.to(torch.float16).save_pretrained(bm.path)
+            tokenizer.save_pretrained(bm.path)
     return str(bm.tag)
 
 

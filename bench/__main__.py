@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from backstory.config import DEFAULT_MODEL
-from backstory.engine import resolve_model
+from backstory.weights import resolve_model
 from bench.servers import ROOT
 from bench.session import run_session
 

@@ -12,8 +12,9 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from backstory.config import Settings
-from backstory.engine import context_length, load_model, pick_device, prompt_text, resolve_model
+from backstory.engine import prompt_text
 from backstory.text import clean_backstory, opening
+from backstory.weights import context_length, load_model, pick_device, resolve_model
 
 
 @dataclass

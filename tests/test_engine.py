@@ -170,6 +170,12 @@ def test_fused_int4_layers_compute_what_their_parts_do():
     fused = fuse(parts)
     x = torch.randn(3, 64)
     assert torch.equal(fused(x), torch.cat([p(x) for p in parts], dim=-1))
+    # An adapter's low-rank change on some parts (none on the middle one) fuses with them.
+    adapted = [Int4Linear(torch.nn.Linear(64, n, bias=False), None if n == 32 else
+                          (torch.randn(4, 64), torch.randn(n, 4) * 0.01)) for n in (64, 32, 48)]
+    expected = torch.cat([p(x) for p in adapted], dim=-1)
+    assert not torch.allclose(adapted[0](x), x @ adapted[0].weight.T, atol=1e-3)  # it adds
+    assert torch.allclose(fuse(adapted)(x), expected, atol=1e-6)
     assert parts[1].packed.data_ptr() == fused.packed[64:].data_ptr()
     assert fuse([Int4Linear(torch.nn.Linear(64, 16, bias=False)), parts[0]]) is None
 

@@ -2,6 +2,9 @@
 packaged base's checks (backstory/base.py) and the distillation gates (training/distill.py)."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +16,7 @@ from backstory import base
 from backstory.config import Settings
 from backstory.engine import Engine
 from backstory.schemas import BackstoryRequest
+from backstory.weights import adapter_base, resolve_model
 from training.__main__ import parse_args
 from training.config import validate
 from training.sft import IGNORE, encode
@@ -51,7 +55,7 @@ def test_lora_run_writes_a_small_adapter_the_engine_merges(adapter, tiny_model):
     config = json.loads((adapter / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == str(tiny_model)  # the name given, not a cache
 
-    engine = Engine(Settings(model=str(adapter), device="cpu"))
+    engine = Engine(Settings(model=str(adapter), device="cpu", quantize="none"))
     plain = AutoModelForCausalLM.from_pretrained(tiny_model)
     merged, original = engine.model.state_dict(), plain.state_dict()
     assert not any(k.startswith("base_model") or "lora" in k for k in merged)  # plain llama
@@ -59,6 +63,53 @@ def test_lora_run_writes_a_small_adapter_the_engine_merges(adapter, tiny_model):
     (g,) = engine.generate([BackstoryRequest(name="Mira", description="A smith.", seed=3,
                                              max_new_tokens=8, min_new_tokens=8)])
     assert g.tokens == 8 and g.backstory.startswith("Mira")
+
+
+@pytest.mark.slow
+def test_int4_keeps_an_adapters_change_beside_the_4bit_base(adapter, tiny_model):
+    """The default on the CPU (quantize=auto): an adapter on a 4-bit base is not merged (4-bit
+    rounding would take most of its change away) but kept in float32 beside the int4 layers.
+    Its logits follow the merged float model's far more closely than the
+    int4 base alone does, and a seeded story stays the same alone or batched."""
+    from backstory.quant import Int4Linear
+
+    kept = Engine(Settings(model=str(adapter), device="cpu", threads=1))
+    merged = Engine(Settings(model=str(adapter), device="cpu", threads=1, quantize="none"))
+    base_int4 = Engine(Settings(model=str(tiny_model), device="cpu", threads=1))
+    q_proj = kept.model.model.layers[0].self_attn.q_proj  # (the tiny model's are too small to
+    assert kept.quantize == "int4" and isinstance(q_proj, Int4Linear)  # fuse: test_engine.py)
+    assert q_proj.low_rank_a is not None
+    ids = merged.tokenizer("Mira the smith rode out", return_tensors="pt").input_ids
+    with torch.no_grad():
+        want, got, without = (e.model(ids[:, :1]).logits for e in (merged, kept, base_int4))
+    assert (got - want).norm() < 0.2 * (without - want).norm()
+    request = BackstoryRequest(name="Mira", description="A smith.", seed=3, max_new_tokens=10,
+                               min_new_tokens=10)
+    other = BackstoryRequest(name="Bo", description="A long tale of the sea " * 4, seed=1)
+    assert kept.generate([request])[0] == kept.generate([other, request])[1]
+
+
+@pytest.mark.slow
+def test_an_adapter_is_stored_with_its_base_and_served_by_tag_as_from_its_folder(
+        adapter, tmp_path, monkeypatch):
+    """A Bento packs the store's copy: the adapter unmerged, its base beside it (no registry or
+    cache needed to start), served as the adapter's own folder is."""
+    env = {**os.environ, "BENTOML_HOME": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-m", "backstory.store", "--model", str(adapter)],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    tag = out.stdout.strip().splitlines()[-1]
+    monkeypatch.setenv("BENTOML_HOME", str(tmp_path))
+    stored = Path(resolve_model(tag))
+    assert (stored / "adapter_config.json").is_file()
+    assert (stored / "base" / "config.json").is_file()
+    assert adapter_base(str(stored)) == str(stored / "base")  # not the training machine's base
+    from_tag = Engine(Settings(model=tag, threads=1))
+    from_folder = Engine(Settings(model=str(adapter), threads=1))
+    request = BackstoryRequest(name="Mira", description="A smith.", seed=5, max_new_tokens=10,
+                               min_new_tokens=10)
+    (a,), (b,) = from_tag.generate([request]), from_folder.generate([request])
+    assert from_tag.quantize == "int4" and (a.backstory, a.tokens) == (b.backstory, b.tokens)
 
 
 def test_labels_cover_the_story_and_end_of_turn_only(tiny_model):

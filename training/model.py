@@ -3,7 +3,7 @@
 import torch
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, PreTrainedModel
 
-from backstory.engine import resolve_model
+from backstory.weights import resolve_model
 from training.config import TrainConfig
 
 
@@ -26,7 +26,7 @@ def build_model(cfg: TrainConfig, tokenizer) -> PreTrainedModel:
 
 def add_lora(model: PreTrainedModel, cfg: TrainConfig) -> PreTrainedModel:
     """Freeze the base, train low-rank updates of the named projections (peft). What ships is the
-    adapter (a few MB); the service merges it into the base at load (backstory.engine)."""
+    adapter (a few MB); the service merges it into the base at load (backstory.weights)."""
     from peft import LoraConfig, get_peft_model
 
     lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,

@@ -22,7 +22,7 @@ def train_tokenizer(texts: Iterator[str], vocab_size: int) -> PreTrainedTokenize
 
 def load_tokenizer(base_model: str) -> PreTrainedTokenizerFast:
     """A base model's tokenizer, given a pad token (GPT-2's has none) and left padding."""
-    from backstory.engine import resolve_model
+    from backstory.weights import resolve_model
 
     tok = AutoTokenizer.from_pretrained(resolve_model(base_model))
     if tok.pad_token is None:

@@ -8,7 +8,7 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from backstory.engine import has_fast_bf16, pick_device
+from backstory.weights import has_fast_bf16, pick_device
 from training.config import TrainConfig, validate
 from training.data import load_passages, tokenize_and_group
 from training.dpo import dpo_settings, load_pairs
