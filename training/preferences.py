@@ -11,7 +11,7 @@ already puts its probability there.
 Resumable: every candidate is appended to `--candidates-out` as its batch finishes; a rerun skips
 characters already there, then rebuilds `--out` from all of them.
 
-    python -m training.preferences     # 192 characters x 4 candidates, about 30 min on 2 cores
+    python -m training.preferences     # 384 characters x 4 candidates, about 70 min on 2 cores
 """
 
 import argparse
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m training.preferences", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=96, help="Training characters per seed.")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[2, 3],
+    ap.add_argument("--seeds", type=int, nargs="+", default=[2, 3, 4, 5],
                     help="Character sets (training/characters.py) and sampling seeds.")
     ap.add_argument("--candidates", type=int, default=4, help="Stories per character.")
     ap.add_argument("--model", default=PACKAGED_BASE, help="The model that writes (served).")
