@@ -77,7 +77,7 @@ bench-anchor: $(VENV)/.dev  ## llama-cpp-python for `make bench` (built from sou
 	$(BIN)/pip wheel -q --no-deps --find-links .cache/wheels -w .cache/wheels "$(LLAMA_CPP)"
 	$(BIN)/pip install -q --find-links .cache/wheels "$(LLAMA_CPP)"
 
-build: $(BASE)  ## the Bento (bentofile.yaml) with the merged model; containerize needs Docker
+build: $(BASE)  ## the Bento (bentofile.yaml) with the served model; containerize needs Docker
 	$(BIN)/python -m backstory.store
 	BACKSTORY_MODEL=backstory-model:latest $(BIN)/bentoml build
 

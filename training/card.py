@@ -72,8 +72,8 @@ tags: [llama, lora, backstory, fantasy, mythology]
 
 A LoRA adapter that makes `{base_model}` (SmolLM2-135M-Instruct) a character-backstory writer. It is
 the default only where it beats the zero-shot base (the evaluation below; README, Quality);
-`BACKSTORY_MODEL=<this folder> make serve` serves it, merged into the base at load, in float32
-(its merged layers are off the 4-bit grid, so `BACKSTORY_QUANTIZE=auto` leaves them whole).
+`BACKSTORY_MODEL=<this folder> make serve` serves it on the CPU unmerged, beside the base's int4
+layers (4-bit rounding would take most of its change away if merged); elsewhere merged at load.
 
 ## Base and licences
 
