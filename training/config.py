@@ -92,8 +92,8 @@ PRESETS: dict[str, dict] = {
     # DPO (LoRA) on the packaged base, on pairs of its own stories (training/preferences.py).
     "smollm2-dpo": dict(base_model="smollm2-135m-instruct",
                         dpo_data="training/data/preferences.jsonl", lora_r=16, lora_alpha=32,
-                        lora_dropout=0.0, lr=1e-4, block_size=384, batch_size=2, grad_accum=4,
-                        warmup_steps=3, max_steps=28, max_minutes=60, eval_every=14,
+                        lora_dropout=0.0, lr=2e-4, block_size=384, batch_size=2, grad_accum=4,
+                        warmup_steps=3, max_steps=30, max_minutes=60, eval_every=15,
                         eval_batches=0, weight_decay=0.0, dropout=0.0,
                         output_dir="runs/smollm2-dpo"),
     "gpu": dict(block_size=512, n_layer=6, n_embd=384, n_head=6, batch_size=64, lr=1e-3,
