@@ -16,7 +16,7 @@ from backstory import base
 from backstory.config import Settings
 from backstory.engine import Engine
 from backstory.schemas import BackstoryRequest
-from backstory.weights import adapter_base, resolve_model
+from backstory.weights import adapter_base
 from training.__main__ import parse_args
 from training.config import validate
 from training.sft import IGNORE, encode
@@ -90,26 +90,27 @@ def test_int4_keeps_an_adapters_change_beside_the_4bit_base(adapter, tiny_model)
 
 
 @pytest.mark.slow
-def test_an_adapter_is_stored_with_its_base_and_served_by_tag_as_from_its_folder(
-        adapter, tmp_path, monkeypatch):
+def test_an_adapter_is_stored_with_its_base_and_served_from_there_as_from_its_folder(
+        adapter, tmp_path):
     """A Bento packs the store's copy: the adapter unmerged, its base beside it (no registry or
-    cache needed to start), served as the adapter's own folder is."""
+    cache needed to start), served as the adapter's own folder is. (The store is read from disk
+    here: bentoml in this process keeps the first store it opened; tests/test_training.py loads
+    one by tag.)"""
     env = {**os.environ, "BENTOML_HOME": str(tmp_path)}
     out = subprocess.run([sys.executable, "-m", "backstory.store", "--model", str(adapter)],
                          env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    tag = out.stdout.strip().splitlines()[-1]
-    monkeypatch.setenv("BENTOML_HOME", str(tmp_path))
-    stored = Path(resolve_model(tag))
+    name, version = out.stdout.strip().splitlines()[-1].split(":")
+    stored = tmp_path / "models" / name / version
     assert (stored / "adapter_config.json").is_file()
     assert (stored / "base" / "config.json").is_file()
     assert adapter_base(str(stored)) == str(stored / "base")  # not the training machine's base
-    from_tag = Engine(Settings(model=tag, threads=1))
+    from_store = Engine(Settings(model=str(stored), threads=1))
     from_folder = Engine(Settings(model=str(adapter), threads=1))
     request = BackstoryRequest(name="Mira", description="A smith.", seed=5, max_new_tokens=10,
                                min_new_tokens=10)
-    (a,), (b,) = from_tag.generate([request]), from_folder.generate([request])
-    assert from_tag.quantize == "int4" and (a.backstory, a.tokens) == (b.backstory, b.tokens)
+    (a,), (b,) = from_store.generate([request]), from_folder.generate([request])
+    assert from_store.quantize == "int4" and (a.backstory, a.tokens) == (b.backstory, b.tokens)
 
 
 def test_labels_cover_the_story_and_end_of_turn_only(tiny_model):
