@@ -25,7 +25,7 @@ PACK_ROWS = 32  # the CPU packing's blocks of output rows: packed parts concaten
 def quantized(model: PreTrainedModel, kind: str) -> PreTrainedModel:
     """`model` with its nn.Linear layers replaced in place: int4 where the kernel's shapes allow
     (else int8), or int8 everywhere; the logits head is always int8. An adapter's low-rank
-    changes (`model.low_rank`, see engine.load_weights) stay beside the int4 layers they belong
+    changes (`model.low_rank`, see weights.load_weights) stay beside the int4 layers they belong
     to; elsewhere they are merged into the weights first."""
     low_rank = getattr(model, "low_rank", {})
     for prefix, parent in list(model.named_modules()):

@@ -4,7 +4,7 @@ A fine-tune is an adapter on a base converted on this machine; a Bento and its c
 start without the package registry or our cache. So the served model goes into the model store
 under a tag: a full model as one transformers folder; an adapter as it is, with its base in a
 `base/` folder beside it, so the Bento serves it as `make serve` does (on the CPU the adapter
-stays unmerged beside the int4 base: engine.load_weights). service.py declares that tag
+stays unmerged beside the int4 base: weights.load_weights). service.py declares that tag
 (BACKSTORY_MODEL) as the model service's model, `bentoml build` packs it into the Bento, and the
 Bento serves it by tag (bentofile.yaml sets BACKSTORY_MODEL). `make build` does all of it.
 
