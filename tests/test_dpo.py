@@ -62,6 +62,18 @@ def test_dpo_run_moves_the_model_towards_the_chosen_stories(tiny_model, tmp_path
     print(f"log-probability margin of chosen over rejected: {before:.2f} -> {after:.2f}")
     assert after > before + 3.0
 
+    # A second round starts from the first round's adapter, not from zero: with a learning rate
+    # too small to move it, it serves what the first round learned.
+    again = tmp_path / "dpo-round2"
+    r = train_cli("--base_model", str(tiny_model), "--dpo_data", str(data), "--lora_r", "4",
+                  "--init_adapter", str(out), "--lr", "1e-9", "--max_steps", "2",
+                  "--batch_size", "4", "--eval_every", "2", "--block_size", "256",
+                  "--output_dir", str(again))
+    assert r.returncode == 0, r.stderr[-3000:]
+    kept = preference(Engine(Settings(model=str(again), device="cpu", quantize="none")).model,
+                      tok, row)
+    assert abs(kept - after) < 0.05 * abs(after - before)
+
 
 def test_pairs_are_the_served_prompt_and_the_rest_of_each_story(tiny_model, tmp_path):
     tok = AutoTokenizer.from_pretrained(tiny_model)

@@ -129,6 +129,8 @@ def render_card(metrics: dict) -> str:
                       f"{metrics['val_preference_accuracy']} of held-out pairs (reward margin "
                       f"{metrics['val_reward_margin']})",
                       data_line=f"`{cfg['dpo_data']}`, " + DPO_DATA.format(**cfg))
+        if cfg.get("init_adapter"):
+            fields["data_line"] += DPO_ROUND.format(**cfg)
     elif cfg.get("sft_data"):
         fields.update(examples="stories", data_command="python -m training.distill",
                       validation=f"loss {metrics['val_loss']} nats/token on held-out stories "
@@ -147,6 +149,10 @@ DPO_DATA = """pairs of stories written by that base itself as served (the short 
   (`training/preferences.py`; characters from `training/characters.py`, written for this project,
   CC0, disjoint from the evaluation prompts). DPO (trl) with the base as its reference: beta
   {dpo_beta}, language-model loss on the chosen story weighted {dpo_sft}."""
+
+DPO_ROUND = """ A further round: the LoRA started from the adapter in
+  `{init_adapter}`, on pairs that adapter wrote as served (`python -m training.preferences --model
+  {init_adapter}`); the reference stays the base."""
 
 
 EVALUATION = "## Evaluation against the zero-shot base"

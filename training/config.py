@@ -41,6 +41,9 @@ class TrainConfig:
     base_model: str = _opt("", "Fine-tune this causal LM (folder, Hub id or "
                            "smollm2-135m-instruct, the packaged base); empty = from scratch.")
     lora_r: int = _opt(0, "LoRA rank (peft) for fine-tuning; 0 = train every weight.")
+    init_adapter: str = _opt("", "Start the LoRA from this adapter folder, not from zero (a second "
+                             "round of DPO on pairs the adapter wrote); the DPO reference stays "
+                             "base_model. lora_r and lora_alpha then come from the adapter.")
     lora_alpha: int = _opt(32, "LoRA scaling numerator (the update is scaled by alpha / r).")
     lora_dropout: float = _opt(0.05, "Dropout on the LoRA path.")
     lora_targets: list[str] = _opt(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
@@ -128,6 +131,11 @@ def validate(cfg: TrainConfig) -> None:
         errors.append("no data sources given")
     if cfg.lora_r < 0 or (cfg.lora_r and not cfg.base_model):
         errors.append("lora_r needs a base_model to adapt (and must not be negative)")
+    if cfg.init_adapter and not (cfg.lora_r and cfg.base_model):
+        errors.append("init_adapter needs lora_r and the base_model the adapter was trained on")
+    if cfg.init_adapter and not Path(cfg.init_adapter, "adapter_config.json").is_file():
+        errors.append(f"init_adapter {cfg.init_adapter!r} is not an adapter folder "
+                      "(no adapter_config.json)")
     if errors:
         raise ValueError("bad training config: " + "; ".join(errors))
 

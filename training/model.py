@@ -26,9 +26,13 @@ def build_model(cfg: TrainConfig, tokenizer) -> PreTrainedModel:
 
 def add_lora(model: PreTrainedModel, cfg: TrainConfig) -> PreTrainedModel:
     """Freeze the base, train low-rank updates of the named projections (peft). What ships is the
-    adapter (a few MB); the service merges it into the base at load (backstory.weights)."""
-    from peft import LoraConfig, get_peft_model
+    adapter (a few MB); the service loads it with the base (backstory.weights)."""
+    from peft import LoraConfig, PeftModel, get_peft_model
 
+    if cfg.init_adapter:  # a further round: the adapter's own rank and targets, trainable
+        model = PeftModel.from_pretrained(model, cfg.init_adapter, is_trainable=True)
+        model.print_trainable_parameters()
+        return model
     lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules=cfg.lora_targets, task_type="CAUSAL_LM")
     model = get_peft_model(model, lora)
