@@ -5,7 +5,9 @@
 `llama_cpp.Llama` (llama-cpp-python, built from source: `make bench-anchor`) on the packaged
 GGUF file (the Q4_1 SmolLM2 that backstory/base.py converts for us), with as many threads as our
 torch uses. DIR is the converted base: its tokenizer builds the prompt, so llama.cpp reads the
-same prompt tokens as ours and the baseline, and decodes the same way.
+same prompt tokens as ours and the baseline, and decodes the same way. DIR may be a LoRA adapter on
+that base (the served default): llama.cpp then applies it unmerged, as ours does, from a LoRA
+GGUF file converted once into .cache/gguf (bench/lora_gguf.py).
 
 Sampling as ours: temperature, top-k, top-p, repetition penalty and the request's seed; no
 min-p or typical-p (llama.cpp's defaults add min-p 0.05). Two differences are llama.cpp's own:
@@ -24,13 +26,22 @@ from pathlib import Path
 import numpy as np
 from fastapi import FastAPI
 
-from backstory.base import GGUF_SHA256, gguf_path, sha256
+from backstory.base import CACHE, GGUF_SHA256, gguf_path, sha256
 from backstory.config import Settings
 from backstory.text import clean_backstory, opening
+from backstory.weights import adapter_base, is_adapter, resolve_model
 from bench.baseline import GenerateBody, main, serving_app
+from bench.lora_gguf import lora_gguf
 from bench.naive import Output, encode_prompt
 
 N_CTX = 2048  # prompt (about 60-170 tokens) + 200 new ones, with room to spare
+
+
+def runs_on(model: Path) -> bool:
+    """The anchor's weights are the packaged base's: that base, or an adapter on it."""
+    if is_adapter(str(model)):
+        model = Path(resolve_model(adapter_base(str(model))))
+    return model.resolve() == CACHE.resolve()
 
 
 def available() -> str | None:
@@ -61,9 +72,11 @@ class LlamaGenerator:
         if sha256(self.gguf) != GGUF_SHA256:
             raise RuntimeError(f"{self.gguf} is not the pinned GGUF file (sha256 differs)")
         self.threads = self.settings.threads or torch.get_num_threads()  # as many as ours
+        self.lora = (lora_gguf(Path(model_dir), CACHE, CACHE.parent.parent / "gguf")
+                     if is_adapter(model_dir) else None)
         self.llm = llama_cpp.Llama(model_path=str(self.gguf), n_ctx=N_CTX, seed=0,
                                    n_threads=self.threads, n_threads_batch=self.threads,
-                                   verbose=False)
+                                   lora_path=self.lora and str(self.lora), verbose=False)
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         vocab = self.llm._model.vocab  # noqa: SLF001 (no public accessor for the vocab)
         self.eog = np.array([t for t in range(self.llm.n_vocab())
@@ -111,7 +124,8 @@ def create_app(model_dir: str) -> FastAPI:
                                   body.temperature)
 
     status = {"server": "llama.cpp", "llama_cpp_python": generator.version,
-              "gguf": str(generator.gguf), "threads": generator.threads, "n_ctx": N_CTX,
+              "gguf": str(generator.gguf), "lora": generator.lora and str(generator.lora),
+              "threads": generator.threads, "n_ctx": N_CTX,
               "slots": 1, "device": "cpu"}
     return serving_app("Backstory anchor (llama.cpp)", Path(generator.gguf).name, generate,
                        status)

@@ -17,9 +17,11 @@ def anchor_setup(anchor: dict | None) -> list[str]:
     if anchor["skipped"]:
         return [f"- **llama.cpp** (anchor): not run, {anchor['skipped']}."]
     st = anchor["status"] or {}
+    lora = (" with our adapter as a llama.cpp LoRA file, applied unmerged as ours does "
+            "(bench/lora_gguf.py)," if st.get("lora") else "")
     return [f"- **llama.cpp** (anchor): `python -m bench.anchor`, llama-cpp-python "
             f"{st.get('llama_cpp_python', '?')} on the packaged GGUF file "
-            f"`{Path(st.get('gguf', '?')).name}` (the weights ours converts), "
+            f"`{Path(st.get('gguf', '?')).name}` (the weights ours converts),{lora} "
             f"{st.get('threads', '?')} threads, one request at a time (one slot, as llama.cpp's "
             "server with `-np 1`), the same prompt tokens and sampling settings (its "
             "repetition penalty sees the last 64 generated tokens), end-of-generation "

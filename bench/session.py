@@ -12,9 +12,8 @@ from pathlib import Path
 import httpx
 import psutil
 
-from backstory.base import CACHE
 from backstory.config import Settings
-from bench.anchor import available
+from bench.anchor import available, runs_on
 from bench.ceiling import bare_generate, in_worker_thread, matmul_flops, model_flops
 from bench.machine import describe
 from bench.memory import RssMonitor, find_worker
@@ -48,8 +47,9 @@ def free_ports(n: int) -> list[int]:
 
 def anchor_skipped(model: Path) -> str | None:
     """Why the llama.cpp anchor does not run, or None when it does: it runs the packaged GGUF
-    file, so it is an anchor only when the bench measures those weights."""
-    if model.resolve() != CACHE.resolve():
+    file (with our adapter, when the model is one on it), so it is an anchor only when the bench
+    measures those weights."""
+    if not runs_on(model):
         return f"skipped: it runs the packaged base's GGUF file, and the model is {model.name}"
     return available()
 

@@ -6,13 +6,19 @@ import json
 import sys
 
 import httpx
+import numpy as np
 import pytest
+from gguf import GGUFReader
+from gguf.quants import dequantize
+from safetensors.numpy import load_file
+from safetensors.torch import load_file as load_tensors
 
-from backstory.base import CACHE
+from backstory.base import CACHE, gguf_path
 from bench.__main__ import write_outputs
 from bench.anchor import available
+from bench.lora_gguf import lora_gguf, permute, write_lora_gguf
 from bench.runner import aggregate, runs
-from bench.servers import free_port, running
+from bench.servers import ROOT, free_port, running
 from bench.session import anchor_skipped
 from bench.stats import LoadResult
 
@@ -117,3 +123,48 @@ def test_anchor_server_gives_exactly_the_tokens_asked_for(tmp_path):
     assert status["server"] == ANCHOR and status["slots"] == 1
     assert out["tokens"] == 24 and out["seed"] == 3
     assert out["backstory"].startswith("Aldric")  # the opener, as ours
+
+
+def gguf_weight(reader, name: str) -> np.ndarray:
+    (t,) = [t for t in reader.tensors if t.name == name]
+    return dequantize(t.data, t.tensor_type).reshape(t.data.shape[0], -1)
+
+
+@pytest.mark.skipif(not (CACHE / "config.json").is_file(), reason="base not converted")
+def test_lora_file_permutes_q_and_k_rows_as_the_packaged_gguf_does():
+    """The packaged GGUF holds q and k with llama.cpp's rotary row order; our converted base holds
+    transformers'. `permute` must map one onto the other, or the LoRA file's B factors of q and k
+    would add to the wrong rows."""
+    reader = GGUFReader(str(gguf_path()))
+    base = load_tensors(str(CACHE / "model.safetensors"))  # bfloat16: torch reads it
+    config = json.loads((CACHE / "config.json").read_text())
+    for ours, theirs, heads in (("q_proj", "attn_q", config["num_attention_heads"]),
+                                ("k_proj", "attn_k", config["num_key_value_heads"])):
+        hf = base[f"model.layers.3.self_attn.{ours}.weight"].float().numpy()
+        packaged = gguf_weight(reader, f"blk.3.{theirs}.weight")
+        # 4-bit rounding apart when the rows match; unrelated rows when they do not
+        assert np.corrcoef(permute(hf, heads).ravel(), packaged.ravel())[0, 1] > 0.99
+        assert np.corrcoef(hf.ravel(), packaged.ravel())[0, 1] < 0.5
+
+
+def test_lora_file_holds_every_factor_of_the_adapter_under_llama_cpp_names(tmp_path):
+    adapter = ROOT / "models" / "backstory"
+    config = {"num_attention_heads": 9, "num_key_value_heads": 3}  # SmolLM2-135M's
+    out = lora_gguf(adapter, CACHE, tmp_path) if (CACHE / "config.json").is_file() else \
+        write_lora_gguf(adapter, config, tmp_path / "lora.gguf")
+    reader = GGUFReader(str(out))
+    fields = {f.name: f for f in reader.fields.values()}
+    assert bytes(fields["general.type"].parts[-1]).decode() == "adapter"
+    assert float(fields["adapter.lora.alpha"].parts[-1][0]) == 32.0
+    peft = load_file(str(adapter / "adapter_model.safetensors"))
+    got = {t.name: np.asarray(t.data).reshape(t.data.shape) for t in reader.tensors}
+    assert len(got) == len(peft) == 30 * 7 * 2
+    prefix = "base_model.model.model.layers.7."
+    np.testing.assert_array_equal(got["blk.7.attn_v.weight.lora_a"],
+                                  peft[prefix + "self_attn.v_proj.lora_A.weight"])
+    np.testing.assert_array_equal(got["blk.7.ffn_down.weight.lora_b"],
+                                  peft[prefix + "mlp.down_proj.lora_B.weight"])
+    np.testing.assert_array_equal(got["blk.7.attn_k.weight.lora_b"],
+                                  permute(peft[prefix + "self_attn.k_proj.lora_B.weight"], 3))
+    np.testing.assert_array_equal(got["blk.7.attn_q.weight.lora_a"],  # A: the input side
+                                  peft[prefix + "self_attn.q_proj.lora_A.weight"])
