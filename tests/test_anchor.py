@@ -168,3 +168,40 @@ def test_lora_file_holds_every_factor_of_the_adapter_under_llama_cpp_names(tmp_p
                                   permute(peft[prefix + "self_attn.k_proj.lora_B.weight"], 3))
     np.testing.assert_array_equal(got["blk.7.attn_q.weight.lora_a"],  # A: the input side
                                   peft[prefix + "self_attn.q_proj.lora_A.weight"])
+
+
+@pytest.mark.slow
+def test_llama_cpp_applies_our_adapter_as_ours_does(tmp_path):
+    """What the adapter changes in the next-token logits, llama.cpp (LoRA file) against ours
+    (merged, float32): the same change, up to 4-bit rounding. A wrong row order in q or k, or a
+    missing factor, would change them otherwise."""
+    why = available() or (None if (CACHE / "config.json").is_file() else "base not converted")
+    if why:
+        pytest.skip(f"llama.cpp anchor: {why}")
+    import llama_cpp
+    import torch
+
+    from backstory.config import Settings
+    from backstory.engine import Engine
+    from bench.naive import encode_prompt
+
+    adapter = ROOT / "models" / "backstory"
+    settings = Settings(model=str(adapter), quantize="none", device="cpu")
+    ids = encode_prompt(Engine(settings).tokenizer, settings, "Kaylon",
+                        "An empire of androids that killed their creators.")
+
+    def ours(model: str) -> np.ndarray:
+        engine = Engine(Settings(model=model, quantize="none", device="cpu"))
+        with torch.inference_mode():
+            return engine.model(torch.tensor([ids])).logits[0, -1].float().numpy()
+
+    def theirs(lora: str | None) -> np.ndarray:
+        llm = llama_cpp.Llama(model_path=str(gguf_path()), lora_path=lora, n_ctx=512,
+                              n_threads=2, verbose=False)
+        llm.eval(ids)
+        return np.array(llm.scores[llm.n_tokens - 1])
+
+    lora = str(lora_gguf(adapter, CACHE, tmp_path))
+    change_ours = ours(str(adapter)) - ours(str(CACHE))
+    change_theirs = theirs(lora) - theirs(None)
+    assert np.corrcoef(change_ours, change_theirs)[0, 1] > 0.9

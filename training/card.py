@@ -131,6 +131,10 @@ def render_card(metrics: dict) -> str:
                       data_line=f"`{cfg['dpo_data']}`, " + DPO_DATA.format(**cfg))
         if cfg.get("init_adapter"):
             fields["data_line"] += DPO_ROUND.format(**cfg)
+            fields["data_command"] = (f"# first {cfg['init_adapter']} (its own card), then\n"
+                                      f"python -m training.preferences --model "
+                                      f"{cfg['init_adapter']}  # seeds, paths: "
+                                      "training/data/README.md")
     elif cfg.get("sft_data"):
         fields.update(examples="stories", data_command="python -m training.distill",
                       validation=f"loss {metrics['val_loss']} nats/token on held-out stories "
