@@ -3,7 +3,9 @@ targets) when it ran and nothing of it when it did not, which is CI's case; and,
 llama-cpp-python is installed, the anchor server itself gives exactly the tokens asked for."""
 
 import json
+import shutil
 import sys
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -12,6 +14,7 @@ from gguf import GGUFReader
 from gguf.quants import dequantize
 from safetensors.numpy import load_file
 from safetensors.torch import load_file as load_tensors
+from safetensors.torch import save_file
 
 from backstory.base import CACHE, gguf_path
 from bench.__main__ import write_outputs
@@ -170,11 +173,24 @@ def test_lora_file_holds_every_factor_of_the_adapter_under_llama_cpp_names(tmp_p
                                   peft[prefix + "self_attn.q_proj.lora_A.weight"])
 
 
+def only_q_and_k(adapter: Path, out: Path) -> Path:
+    """A copy of the adapter with only its q and k factors: the ones llama.cpp's row order moves."""
+    shutil.copytree(adapter, out)
+    factors = load_tensors(str(adapter / "adapter_model.safetensors"))
+    save_file({k: v for k, v in factors.items() if ".q_proj." in k or ".k_proj." in k},
+              str(out / "adapter_model.safetensors"))
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    (out / "adapter_config.json").write_text(json.dumps(config | {"target_modules": [
+        "q_proj", "k_proj"]}))
+    return out
+
+
 @pytest.mark.slow
 def test_llama_cpp_applies_our_adapter_as_ours_does(tmp_path):
     """What the adapter changes in the next-token logits, llama.cpp (LoRA file) against ours
-    (merged, float32): the same change, up to 4-bit rounding. A wrong row order in q or k, or a
-    missing factor, would change them otherwise."""
+    (merged, float32): the same change, up to 4-bit rounding. With only its q and k factors the
+    change is small beside that rounding, but q and k in transformers' row order would make it
+    unrelated (correlation about 0, measured); in llama.cpp's about 0.55."""
     why = available() or (None if (CACHE / "config.json").is_file() else "base not converted")
     if why:
         pytest.skip(f"llama.cpp anchor: {why}")
@@ -190,18 +206,21 @@ def test_llama_cpp_applies_our_adapter_as_ours_does(tmp_path):
     ids = encode_prompt(Engine(settings).tokenizer, settings, "Kaylon",
                         "An empire of androids that killed their creators.")
 
-    def ours(model: str) -> np.ndarray:
-        engine = Engine(Settings(model=model, quantize="none", device="cpu"))
+    def ours(model: Path) -> np.ndarray:
+        engine = Engine(Settings(model=str(model), quantize="none", device="cpu"))
         with torch.inference_mode():
             return engine.model(torch.tensor([ids])).logits[0, -1].float().numpy()
 
-    def theirs(lora: str | None) -> np.ndarray:
-        llm = llama_cpp.Llama(model_path=str(gguf_path()), lora_path=lora, n_ctx=512,
-                              n_threads=2, verbose=False)
+    def theirs(lora: Path | None) -> np.ndarray:
+        llm = llama_cpp.Llama(model_path=str(gguf_path()), lora_path=lora and str(lora),
+                              n_ctx=512, n_threads=2, logits_all=True, verbose=False)
         llm.eval(ids)
-        return np.array(llm.scores[llm.n_tokens - 1])
+        return np.array(llm.scores[llm.n_tokens - 1])  # kept with logits_all only
 
-    lora = str(lora_gguf(adapter, CACHE, tmp_path))
-    change_ours = ours(str(adapter)) - ours(str(CACHE))
-    change_theirs = theirs(lora) - theirs(None)
-    assert np.corrcoef(change_ours, change_theirs)[0, 1] > 0.9
+    base_ours, base_theirs = ours(CACHE), theirs(None)
+    for model, least in ((adapter, 0.9), (only_q_and_k(adapter, tmp_path / "qk"), 0.4)):
+        change_ours = ours(model) - base_ours
+        change_theirs = theirs(lora_gguf(model, CACHE, tmp_path / model.name)) - base_theirs
+        correlation = np.corrcoef(change_ours, change_theirs)[0, 1]
+        print(f"{model.name}: correlation of the changes {correlation:.3f}")
+        assert correlation > least
