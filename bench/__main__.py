@@ -5,7 +5,8 @@
     python -m bench --levels 1,8,32 --requests-per-level 16 --repeats 3 --soak 1000
 
 Writes the report (--out), the plot and bench/results/latest.json; with an --out other than the
-default (or --quick) the plot, JSON and server logs go beside the report instead.
+default (or --quick) the plot, JSON and server logs go beside the report instead, except in bench/
+itself: there the plot is named after the report and the rest goes to bench/results/<name>/.
 """
 
 import argparse
@@ -67,8 +68,13 @@ def settings(args: argparse.Namespace) -> dict:
     quick_out = Path(tempfile.gettempdir()) / "backstory-bench-quick" / "BENCHMARKS.md"
     out = (args.out or (quick_out if args.quick else DEFAULT_OUT)).resolve()
     beside = out.parent if out != DEFAULT_OUT else None
-    cfg.update(out=out, plot=(beside or ROOT / "bench") / "throughput.png",
-               results_dir=beside or ROOT / "bench" / "results", soak=args.soak,
+    # Another report in bench/ (bench/soak.md) gets its own plot and keeps its raw results out
+    # of the tree: it once overwrote the main report's plot.
+    in_bench = beside == ROOT / "bench"
+    plot = f"{out.stem}.png" if in_bench else "throughput.png"
+    results_dir = ROOT / "bench" / "results" / out.stem if in_bench else beside
+    cfg.update(out=out, plot=(beside or ROOT / "bench") / plot,
+               results_dir=results_dir or ROOT / "bench" / "results", soak=args.soak,
                deadline_s=args.deadline)
     return cfg
 
