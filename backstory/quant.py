@@ -14,12 +14,12 @@ tensor subclasses; a small module keeps the decode loop free of a second depende
 
 import contextlib
 import ctypes
+import functools
 
 import torch
 from transformers import PreTrainedModel
 
 GROUP = 32  # weights per (scale, minimum): Q4_1's block
-PACK_ROWS = 32  # the CPU packing's blocks of output rows: packed parts concatenate at multiples
 
 
 def quantized(model: PreTrainedModel, kind: str) -> PreTrainedModel:
@@ -65,7 +65,7 @@ def fuse(parts: list[torch.nn.Module]) -> "Int4Linear | None":
     all qualify."""
     if not all(isinstance(p, Int4Linear) and p.bias is None for p in parts):
         return None
-    if any(p.out_features % PACK_ROWS for p in parts[:-1]):  # the packing would straddle parts
+    if any(p.out_features % pack_rows() for p in parts[:-1]):  # the packing would straddle parts
         return None
     fused = Int4Linear.__new__(Int4Linear)
     torch.nn.Module.__init__(fused)
@@ -83,6 +83,29 @@ def fuse(parts: list[torch.nn.Module]) -> "Int4Linear | None":
         p.packed, p.weight = fused.packed[rows], fused.weight[rows]
         start = rows.stop
     return fused
+
+
+@functools.cache
+def pack_rows() -> int:
+    """The CPU packing's block of output rows: packed parts concatenate only at its multiples.
+    It depends on the instructions torch dispatches to (32 rows with AVX2, 64 with AVX512, where
+    parts of 32 rows fused into garbage), so it is found by trying: the smallest block at which two
+    packed parts side by side compute what each computes alone."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 2 * GROUP, generator=g).to(torch.bfloat16)
+    for rows in (16, 32, 64, 128, 256):
+        parts = []
+        for _ in range(2):
+            linear = torch.nn.Linear(2 * GROUP, rows, bias=False)
+            linear.weight.data = torch.randn(rows, 2 * GROUP, generator=g)
+            parts.append(Int4Linear(linear))
+        mm = torch.ops.aten._weight_int4pack_mm_for_cpu
+        alone = [mm(x, p.packed, GROUP, p.scales_zeros) for p in parts]
+        both = mm(x, torch.cat([p.packed for p in parts]), GROUP,
+                  torch.cat([p.scales_zeros for p in parts], dim=1))
+        if torch.equal(both, torch.cat(alone, dim=1)):
+            return rows
+    return 1 << 30  # never fuse
 
 
 def four_bit_grid(model: PreTrainedModel, tolerance: float = 1e-3) -> bool:

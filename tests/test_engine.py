@@ -163,21 +163,24 @@ def test_int4_linear_holds_4bit_weights_exactly():
 
 def test_fused_int4_layers_compute_what_their_parts_do():
     """q, k and v (gate and up) in one kernel call: the same numbers, the weights held once."""
-    from backstory.quant import Int4Linear, fuse
+    from backstory.quant import Int4Linear, fuse, pack_rows
 
     torch.manual_seed(0)
-    parts = [Int4Linear(torch.nn.Linear(64, n, bias=False)) for n in (64, 32, 48)]
+    block = pack_rows()  # 32 rows with AVX2, 64 with AVX512: parts must end on a block
+    sizes = (2 * block, block, 48)
+    parts = [Int4Linear(torch.nn.Linear(64, n, bias=False)) for n in sizes]
     fused = fuse(parts)
     x = torch.randn(3, 64)
     assert torch.equal(fused(x), torch.cat([p(x) for p in parts], dim=-1))
     # An adapter's low-rank change on some parts (none on the middle one) fuses with them.
-    adapted = [Int4Linear(torch.nn.Linear(64, n, bias=False), None if n == 32 else
-                          (torch.randn(4, 64), torch.randn(n, 4) * 0.01)) for n in (64, 32, 48)]
+    adapted = [Int4Linear(torch.nn.Linear(64, n, bias=False), None if n == block else
+                          (torch.randn(4, 64), torch.randn(n, 4) * 0.01)) for n in sizes]
     expected = torch.cat([p(x) for p in adapted], dim=-1)
     assert not torch.allclose(adapted[0](x), x @ adapted[0].weight.T, atol=1e-3)  # it adds
     assert torch.allclose(fuse(adapted)(x), expected, atol=1e-6)
-    assert parts[1].packed.data_ptr() == fused.packed[64:].data_ptr()
-    assert fuse([Int4Linear(torch.nn.Linear(64, 16, bias=False)), parts[0]]) is None
+    assert parts[1].packed.data_ptr() == fused.packed[2 * block:].data_ptr()
+    # a first part that ends inside a block is not fused (it would compute garbage)
+    assert fuse([Int4Linear(torch.nn.Linear(64, block + 16, bias=False)), parts[0]]) is None
 
 
 def test_no_repeat_ngram_size_bans_a_repeated_pair():
