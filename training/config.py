@@ -99,17 +99,16 @@ PRESETS: dict[str, dict] = {
                         warmup_steps=3, max_steps=30, max_minutes=60, eval_every=15,
                         eval_batches=0, weight_decay=0.0, dropout=0.0,
                         output_dir="runs/smollm2-dpo"),
-    # Its second round: from that adapter, on pairs it wrote itself (one epoch of 149 pairs).
-    "smollm2-dpo2": dict(base_model="smollm2-135m-instruct", init_adapter="runs/smollm2-dpo",
-                         dpo_data="training/data/preferences-r2.jsonl", lora_r=16, lr=2e-4,
-                         block_size=384, batch_size=2, grad_accum=4, warmup_steps=3,
-                         max_steps=18, max_minutes=60, eval_every=9, eval_batches=0,
-                         weight_decay=0.0, dropout=0.0, output_dir="runs/smollm2-dpo2"),
     "gpu": dict(block_size=512, n_layer=6, n_embd=384, n_head=6, batch_size=64, lr=1e-3,
                 warmup_steps=200, max_steps=100_000, max_minutes=5, eval_every=500,
                 eval_batches=40, output_dir="runs/gpu"),
 }
 
+
+# The DPO preset's second round: from its adapter, on pairs that adapter wrote (one epoch of 149).
+PRESETS["smollm2-dpo2"] = dict(PRESETS["smollm2-dpo"], init_adapter="runs/smollm2-dpo",
+                               dpo_data="training/data/preferences-r2.jsonl", max_steps=18,
+                               eval_every=9, output_dir="runs/smollm2-dpo2")
 
 def preset_defaults(name: str) -> dict:
     if name and name not in PRESETS:
