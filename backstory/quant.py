@@ -15,8 +15,10 @@ tensor subclasses; a small module keeps the decode loop free of a second depende
 import contextlib
 import ctypes
 import functools
+import math
 
 import torch
+import torch.nn.functional as F
 from transformers import PreTrainedModel
 
 GROUP = 32  # weights per (scale, minimum): Q4_1's block
@@ -74,9 +76,11 @@ def fuse(parts: list[torch.nn.Module]) -> "Int4Linear | None":
     fused.bias, fused.out_features = None, sum(p.out_features for p in parts)
     fused.in_features = parts[0].in_features
     fused.low_rank_a = fused.low_rank_b = None
+    fused.row_block = 0
     if any(p.low_rank_a is not None for p in parts):  # side by side: [A1; A2], diag(B1, B2)
         a, b = zip(*(p.low_rank() for p in parts), strict=True)
         fused.low_rank_a, fused.low_rank_b = torch.cat(a, dim=1), torch.block_diag(*b)
+        fused.row_block = low_rank_block(fused.low_rank_a, fused.low_rank_b)
     start = 0
     for p in parts:
         rows = slice(start, start + p.out_features)
@@ -106,6 +110,29 @@ def pack_rows() -> int:
         if torch.equal(both, torch.cat(alone, dim=1)):
             return rows
     return 1 << 30  # never fuse
+
+
+@functools.cache
+def row_block(k: int, n: int, dtype: torch.dtype) -> int:
+    """Rows per call at which a (rows, k) x (k, n) matmul sums each row the same alone or beside
+    others, 0 if none. The CPU library picks its kernel by the row count: MKL's float32 takes
+    other paths for 1-3, 5-7 and 9-11 rows than for multiples of 4 (an adapter's product, so
+    computed, changed a row's logits by up to 1.8 after 12 steps on the base, and a seeded
+    story with it). Calls padded to a block of rows all take one path; found by trying."""
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(128, k, generator=g).to(dtype), torch.randn(k, n, generator=g).to(dtype)
+    for block in (4, 8, 16):
+        want = x @ w
+        if all(torch.equal((F.pad(x[:m], (0, 0, 0, -m % block)) @ w)[:m], want[:m])
+               for m in (1, 2, 3, 5, 6, 7, 9, 12, 13, 31, 64, 100)):
+            return block
+    return 0
+
+
+def low_rank_block(a: torch.Tensor, b: torch.Tensor) -> int:
+    """The row block for x @ a @ b: one that suits both matmuls (0 if either has none)."""
+    blocks = row_block(*a.shape, a.dtype), row_block(*b.shape, b.dtype)
+    return math.lcm(*blocks) if all(blocks) else 0
 
 
 def four_bit_grid(model: PreTrainedModel, tolerance: float = 1e-3) -> bool:
@@ -155,9 +182,11 @@ class Int4Linear(torch.nn.Module):
         # weights: it is smaller than their rounding step, so merged it would mostly be rounded
         # away. Held transposed and contiguous: a matmul with a transposed view is 3x slower.
         self.low_rank_a = self.low_rank_b = None
+        self.row_block = 0  # rows per low-rank call that keep a row's sums its own (forward)
         if low_rank is not None:
             a, b = (t.detach().to(linear.weight.dtype).T.contiguous() for t in low_rank)
             self.low_rank_a, self.low_rank_b = a, b  # (in, r), (r, out)
+            self.row_block = low_rank_block(a, b)
 
     def low_rank(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(A^T, B^T); of rank 0 for a layer without an adapter (so fused parts stack)."""
@@ -193,9 +222,16 @@ class Int4Linear(torch.nn.Module):
             y = y if self.bias is None else y + self.bias
         if self.low_rank_a is None:
             return y
-        flat = x.reshape(-1, self.in_features)  # y += (x A^T) B^T, the add fused in
-        out = torch.addmm(y.reshape(-1, self.out_features), flat @ self.low_rank_a, self.low_rank_b)
-        return out.reshape(y.shape)
+        flat = x.reshape(-1, self.in_features)  # y += (x A^T) B^T
+        rows = len(flat)
+        if x.dim() == 3 and x.shape[1] > 1:  # a prefill: one prompt alone
+            low = flat @ self.low_rank_a @ self.low_rank_b
+        elif self.row_block:  # a decode step: padded to whole blocks, so each row sums alike
+            flat = F.pad(flat, (0, 0, 0, -rows % self.row_block))
+            low = (flat @ self.low_rank_a @ self.low_rank_b)[:rows]
+        else:  # no block found: one row at a time
+            low = torch.cat([row @ self.low_rank_a @ self.low_rank_b for row in flat.split(1)])
+        return y.add_(low.reshape(y.shape))
 
 
 class RowInt8Linear(torch.nn.Module):
