@@ -102,3 +102,11 @@ def test_a_pair_is_the_best_story_that_keeps_the_name_and_the_worst():
     (pair,) = pairs(rows)  # B has no story that names its character after the first sentence
     assert pair["name"] == "A" and pair["chosen"] == "A 0.3" and pair["rejected"] == "A 0.2"
     assert pair["merit_chosen"] == round(merit(rows[1]), 4)
+
+
+def test_an_article_is_never_chosen_and_scores_as_a_flaw():
+    article = candidate("A", 0.9) | {"story": "A is a legendary figure in Norse mythology."}
+    rows = [article, candidate("A", 0.3), candidate("A", 0.1)]
+    (pair,) = pairs(rows)
+    assert pair["chosen"] == "A 0.3" and pair["rejected"] == "A 0.1"
+    assert merit(article) < merit(candidate("A", 0.9))

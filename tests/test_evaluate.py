@@ -14,8 +14,8 @@ from training import evaluate
 QUICK = ["--quick", "--limit", "4", "--set", "max_new_tokens=24", "--batch-size", "4"]
 METRICS = ["name_use", "name_use_beyond_opener", "relevance", "relevance_matched",
            "relevance_shuffled", "relevance_after_first", "relevance_after_first_matched",
-           "relevance_after_first_shuffled", "preamble", "repetition_3gram", "distinct_1",
-           "distinct_2", "complete_sentence", "mean_words", "near_empty"]
+           "relevance_after_first_shuffled", "preamble", "encyclopedic", "repetition_3gram",
+           "distinct_1", "distinct_2", "complete_sentence", "mean_words", "near_empty"]
 # None where the gibberish stories have fewer than two sentences, so only their presence is checked.
 COHERENCE = ["coherence", "coherence_consecutive", "coherence_other"]
 

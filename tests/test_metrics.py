@@ -187,6 +187,26 @@ def test_preamble_share_in_text_stats():
     assert stats["preamble"] == pytest.approx(1 / 3)
 
 
+@pytest.mark.parametrize("text", [
+    "V\u00e4in\u00e4m\u00f6inen is a legendary figure in the realm of mythology and folklore.",
+    "N\u00fcwa was a goddess in Chinese mythology who mended the sky.",
+    "Kaylon was not actually an actual character. The story continues to inspire.",
+    "Olwyn is a shepherd. She has a secret. Her family is known for it. She has seen it.",
+])
+def test_encyclopedic(text):
+    assert metrics.encyclopedic(text)
+
+
+@pytest.mark.parametrize("text", [
+    "Olwyn was a shepherd. She had a secret. Her family was known for it. She is silent now.",
+    "Kaylon is an empire.",  # too few verbs to tell the tense
+    "The story of his people was old, and Aldric had heard it at his mother's knee.",
+    "",
+])
+def test_not_encyclopedic(text):
+    assert not metrics.encyclopedic(text)
+
+
 def test_mean_skips_none():
     assert metrics.mean([1.0, None, 3.0]) == 2.0
     assert metrics.mean([None]) is None

@@ -46,13 +46,15 @@ SHOWN = ("model", "temperature", "top_p", "top_k", "repetition_penalty", "max_ne
 # starting with the name lifts name_use but not name_use_beyond_opener, restating the description
 # lifts relevance but not relevance_after_first. coherence and preamble need the whole story.
 COLUMNS = ("name_use", "name_use_beyond_opener", "relevance", "relevance_after_first",
-           "coherence", "preamble", "complete_sentence", "repetition_3gram", "distinct_2",
-           "mean_words", "near_empty")
+           "coherence", "preamble", "encyclopedic", "complete_sentence", "repetition_3gram",
+           "distinct_2", "mean_words", "near_empty")
 LEGEND = ("relevance: cosine (MiniLM) of a story with its own description minus with another "
           "prompt's; relevance_after_first: the same without the story's first sentence; "
           "coherence: cosine of consecutive sentences minus of sentences of different stories; "
           "preamble: share of stories that open like an assistant's reply or a document "
-          "(\"Sure, here is\", \"Title:\") or talk about the backstory; name_use_beyond_opener: "
+          "(\"Sure, here is\", \"Title:\") or talk about the backstory; encyclopedic: share "
+          "written as an article about the character (mostly present tense, or \"a legendary "
+          "figure in ... mythology\"); name_use_beyond_opener: "
           "share that name the character after the first sentence.")
 # What the human reference can score only on passages with a header (a name and a description).
 HEADED_METRICS = ("name_use", "name_use_beyond_opener", "relevance", "relevance_matched",

@@ -49,6 +49,20 @@ _PREAMBLE_META = re.compile(
     r"|\blanguage\s+model\b|\bi\s+hope\s+this\b",
     re.IGNORECASE)
 PREAMBLE_META_CHARS = 200
+# An article instead of a tale: a third DPO round learned that "X is a legendary figure in Finnish
+# mythology... The story continues to inspire" names the character and restates the description
+# more than a told story does (present tense rose from 17% to 48% of its be/have verbs, and
+# readers saw Wikipedia, not a backstory). Talk about the character as a figure or text, or a
+# story told mostly in the present tense, counts.
+_ARTICLE = re.compile(
+    r"\bthis story\b|\bthe story (?:continues|is|has been)\b|\bin the context of\b"
+    r"|\b(?:mythological|legendary|historical|literary|fictional) figure\b|\boften depicted\b"
+    r"|\b(?:is|was) (?:not )?(?:actually )?an? (?:actual|real|fictional) character\b"
+    r"|\bin (?:[A-Z]\w+ )?(?:mythology|folklore)\b",
+    re.IGNORECASE)
+_PRESENT = re.compile(r"\b(?:is|are|has|have)\b", re.IGNORECASE)
+_PAST = re.compile(r"\b(?:was|were|had)\b", re.IGNORECASE)
+MIN_TENSE_VERBS = 4  # fewer say little about the tense
 
 
 def words(text: str) -> list[str]:
@@ -115,6 +129,14 @@ def has_preamble(text: str) -> bool:
                 or _PREAMBLE_META.search(text[:PREAMBLE_META_CHARS]))
 
 
+def encyclopedic(text: str) -> bool:
+    """True when the text reads like an article about the character rather than its story: it
+    talks about the character as a figure or text (_ARTICLE), or most of its finite be/have verbs
+    are in the present tense."""
+    present, past = len(_PRESENT.findall(text)), len(_PAST.findall(text))
+    return bool(_ARTICLE.search(text)) or (present + past >= MIN_TENSE_VERBS and present > past)
+
+
 def derangement(n: int, seed: int = 0) -> list[int]:
     """A fixed permutation with no fixed point: pairs each story with another prompt's
     description, for the relevance baseline. Seeded, so every run pairs the same way."""
@@ -143,6 +165,7 @@ def text_stats(texts: Sequence[str]) -> dict:
         "distinct_2": distinct_n(texts, 2),
         "complete_sentence": mean([float(ends_complete(t)) for t in texts]),
         "preamble": mean([float(has_preamble(t)) for t in texts]),
+        "encyclopedic": mean([float(encyclopedic(t)) for t in texts]),
         "mean_words": mean(lengths),
         "near_empty": mean([float(n < NEAR_EMPTY_WORDS) for n in lengths]),
     }

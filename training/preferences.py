@@ -38,9 +38,9 @@ MIN_GAP = 0.1  # pairs whose two stories score this close teach noise
 def merit(c: dict) -> float:
     """The evaluation's figures for one story: on the description after the first sentence,
     coherent within the story and unlike the other stories (distill's merit), plus naming the
-    character after the first sentence and in the second half; talk to the reader, preamble or a
-    stock opening scene and an unfinished last sentence count against it."""
-    flawed = c["preamble"] or c["reader"] or c["stock"]
+    character after the first sentence and in the second half; talk to the reader, preamble, a
+    stock opening scene, an article's register and an unfinished last sentence count against it."""
+    flawed = c["preamble"] or c["reader"] or c["stock"] or metrics.encyclopedic(c["story"])
     return (c["relevance_after_first"] + c["coherence"] - c["typicality"]
             + 0.1 * c["name_after"] + 0.1 * c["name_half"] - 0.3 * flawed
             - 0.1 * (not c["complete"]))
@@ -72,14 +72,16 @@ def candidates(engine: Engine, batch: list[Character], first: int, n: int, seed:
 
 def pairs(rows: list[dict]) -> list[dict]:
     """Per character: chosen, the best-scoring story that names the character after the first
-    sentence, ends complete and has no preamble or talk to the reader; rejected, the worst."""
+    sentence, ends complete and has no preamble, talk to the reader or article's register (a
+    round on pairs that let it through wrote half its stories as articles: metrics.encyclopedic);
+    rejected, the worst."""
     by_character = defaultdict(list)
     for r in rows:
         by_character[r["name"], r["description"]].append(r)
     out = []
     for (name, description), group in by_character.items():
         good = [r for r in group if r["name_after"] and r["complete"]
-                and not (r["preamble"] or r["reader"])]
+                and not (r["preamble"] or r["reader"] or metrics.encyclopedic(r["story"]))]
         if not good:
             continue
         chosen, rejected = max(good, key=merit), min(group, key=merit)
