@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE ?= 1
 export BENTOML_DO_NOT_TRACK := true
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: serve test lint distill preferences preferences-r2 train train-dpo train-scratch train-gpu eval eval-controls bench build container \
+.PHONY: serve test lint distill preferences preferences-r2 preferences-r3 train train-dpo train-scratch train-gpu eval eval-controls bench build container \
 	run-container clean
 
 $(BIN)/python:
@@ -50,13 +50,18 @@ preferences: $(VENV)/.dev $(BASE)  ## DPO pairs: the served base's own stories, 
 train: $(BASE)  ## our LoRA fine-tune of the base (about 16 minutes on 2 cores)
 	$(BIN)/python -m training --preset smollm2 --output_dir runs/smollm2
 
-train-dpo: $(BASE)  ## the shipped fine-tune: DPO (LoRA) of the base, two rounds (about 55 min on 2 cores)
+train-dpo: $(BASE)  ## the shipped fine-tune: DPO (LoRA) of the base, three rounds (about 65 min on 2 cores)
 	$(BIN)/python -m training --preset smollm2-dpo
 	$(BIN)/python -m training --preset smollm2-dpo2
+	$(BIN)/python -m training --preset smollm2-dpo3
 
 preferences-r2: $(VENV)/.dev $(BASE)  ## the second round's pairs: stories by the first round's adapter
 	$(BIN)/python -m training.preferences --model runs/smollm2-dpo --seeds 6 7 \
 	    --candidates-out training/data/candidates-r2.jsonl --out training/data/preferences-r2.jsonl
+
+preferences-r3: $(VENV)/.dev $(BASE)  ## the third round's pairs: stories by the second round's adapter
+	$(BIN)/python -m training.preferences --model runs/smollm2-dpo2 --seeds 8 9 \
+	    --candidates-out training/data/candidates-r3.jsonl --out training/data/preferences-r3.jsonl
 
 train-scratch: $(VENV)/.runtime  ## the old from-scratch GPT-2 on the corpus (about an hour)
 	$(BIN)/python -m training --preset cpu --output_dir runs/cpu

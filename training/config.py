@@ -109,6 +109,10 @@ PRESETS: dict[str, dict] = {
 PRESETS["smollm2-dpo2"] = dict(PRESETS["smollm2-dpo"], init_adapter="runs/smollm2-dpo",
                                dpo_data="training/data/preferences-r2.jsonl", max_steps=18,
                                eval_every=9, output_dir="runs/smollm2-dpo2")
+# The third round (shipped): from the second's adapter, on pairs it wrote (one epoch of 154).
+PRESETS["smollm2-dpo3"] = dict(PRESETS["smollm2-dpo2"], init_adapter="runs/smollm2-dpo2",
+                               dpo_data="training/data/preferences-r3.jsonl", max_steps=20,
+                               eval_every=10, output_dir="runs/smollm2-dpo3")
 
 def preset_defaults(name: str) -> dict:
     if name and name not in PRESETS:
