@@ -212,7 +212,8 @@ class Int4Linear(torch.nn.Module):
         return linear.in_features % GROUP == 0 and linear.out_features % 16 == 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 3 and x.shape[1] > 1:  # a prefill
+        prefill = x.dim() == 3 and x.shape[1] > 1  # (one prompt alone: scheduler, llama.py)
+        if prefill:
             y = torch.nn.functional.linear(x, self.weight, self.bias)
         else:
             flat = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
@@ -224,7 +225,7 @@ class Int4Linear(torch.nn.Module):
             return y
         flat = x.reshape(-1, self.in_features)  # y += (x A^T) B^T
         rows = len(flat)
-        if x.dim() == 3 and x.shape[1] > 1:  # a prefill: one prompt alone
+        if prefill:
             low = flat @ self.low_rank_a @ self.low_rank_b
         elif self.row_block:  # a decode step: padded to whole blocks, so each row sums alike
             flat = F.pad(flat, (0, 0, 0, -rows % self.row_block))

@@ -24,11 +24,10 @@ def model_and_tokenizer(tiny_model, request):
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
     if request.param == "int4+adapter":
         g = torch.Generator().manual_seed(0)
-        model.low_rank = {name: (torch.randn(4, m.in_features, generator=g) * 0.1,
-                                 torch.randn(m.out_features, 4, generator=g) * 0.1)
+        model.low_rank = {f"model.{name}": (torch.randn(4, m.in_features, generator=g) * 0.1,
+                                            torch.randn(m.out_features, 4, generator=g) * 0.1)
                           for name, m in model.model.named_modules()
                           if isinstance(m, torch.nn.Linear)}
-        model.low_rank = {f"model.{k}": v for k, v in model.low_rank.items()}
     if request.param.startswith("int4"):
         model = quantized(model, "int4")
         assert model.model.layers[0].mlp.gate_up_proj is not None  # (k and v: 16 rows, unfused)

@@ -114,6 +114,7 @@ PRESETS["smollm2-dpo3"] = dict(PRESETS["smollm2-dpo2"], init_adapter="runs/smoll
                                dpo_data="training/data/preferences-r3.jsonl", max_steps=20,
                                eval_every=10, output_dir="runs/smollm2-dpo3")
 
+
 def preset_defaults(name: str) -> dict:
     if name and name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
