@@ -15,7 +15,6 @@ tensor subclasses; a small module keeps the decode loop free of a second depende
 import contextlib
 import ctypes
 import functools
-import math
 
 import torch
 import torch.nn.functional as F
@@ -75,12 +74,11 @@ def fuse(parts: list[torch.nn.Module]) -> "Int4Linear | None":
         fused.register_buffer(name, torch.cat([getattr(p, name) for p in parts], dim=dim))
     fused.bias, fused.out_features = None, sum(p.out_features for p in parts)
     fused.in_features = parts[0].in_features
-    fused.low_rank_a = fused.low_rank_b = None
-    fused.row_block = 0
+    fused.low_rank_a = fused.low_rank_b = fused.adapter = None
     if any(p.low_rank_a is not None for p in parts):  # side by side: [A1; A2], diag(B1, B2)
         a, b = zip(*(p.low_rank() for p in parts), strict=True)
         fused.low_rank_a, fused.low_rank_b = torch.cat(a, dim=1), torch.block_diag(*b)
-        fused.row_block = low_rank_block(fused.low_rank_a, fused.low_rank_b)
+        fused.adapter = LowRank4(fused.low_rank_a.T, fused.low_rank_b.T)
     start = 0
     for p in parts:
         rows = slice(start, start + p.out_features)
@@ -110,29 +108,6 @@ def pack_rows() -> int:
         if torch.equal(both, torch.cat(alone, dim=1)):
             return rows
     return 1 << 30  # never fuse
-
-
-@functools.cache
-def row_block(k: int, n: int, dtype: torch.dtype) -> int:
-    """Rows per call at which a (rows, k) x (k, n) matmul sums each row the same alone or beside
-    others, 0 if none. The CPU library picks its kernel by the row count: MKL's float32 takes
-    other paths for 1-3, 5-7 and 9-11 rows than for multiples of 4 (an adapter's product, so
-    computed, changed a row's logits by up to 1.8 after 12 steps on the base, and a seeded
-    story with it). Calls padded to a block of rows all take one path; found by trying."""
-    g = torch.Generator().manual_seed(0)
-    x, w = torch.randn(128, k, generator=g).to(dtype), torch.randn(k, n, generator=g).to(dtype)
-    want = x @ w
-    for block in (4, 8, 16):
-        if all(torch.equal((F.pad(x[:m], (0, 0, 0, -m % block)) @ w)[:m], want[:m])
-               for m in (1, 2, 3, 5, 6, 7, 9, 12, 13, 31, 64, 100)):
-            return block
-    return 0
-
-
-def low_rank_block(a: torch.Tensor, b: torch.Tensor) -> int:
-    """The row block for x @ a @ b: one that suits both matmuls (0 if either has none)."""
-    blocks = row_block(*a.shape, a.dtype), row_block(*b.shape, b.dtype)
-    return math.lcm(*blocks) if all(blocks) else 0
 
 
 def four_bit_grid(model: PreTrainedModel, tolerance: float = 1e-3) -> bool:
@@ -165,28 +140,24 @@ class Int4Linear(torch.nn.Module):
         super().__init__()
         w = linear.weight.detach().float()
         n, k = w.shape
-        q, scale, low = self.codes(w)
-        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.reshape(n, k).int(), 1)
-        scales_zeros = torch.stack([scale, low + 8 * scale], -1).transpose(0, 1).contiguous()
-        self.register_buffer("packed", packed)
-        self.register_buffer("scales_zeros", scales_zeros.to(torch.bfloat16))
-        scale, zero = self.scales_zeros.float().transpose(0, 1).unbind(-1)  # (n, k / GROUP)
-        dense = ((q - 8) * scale[..., None] + zero[..., None]).reshape(n, k)
+        q, scales_zeros, dense = quantize4(w)
+        self.register_buffer("packed", pack4(q))
+        self.register_buffer("scales_zeros", scales_zeros)
         # Into the layer's own tensor: a second full-size copy per layer would be freed again,
         # but the C allocator keeps such memory (hundreds of MB of RSS over 210 layers).
         self.register_buffer("weight", linear.weight.detach().copy_(dense))
         self.bias = linear.bias
         self.out_features = n
         self.in_features = k
-        # An adapter's change, B @ A (B scaled), kept in the model's dtype beside the 4-bit
-        # weights: it is smaller than their rounding step, so merged it would mostly be rounded
-        # away. Held transposed and contiguous: a matmul with a transposed view is 3x slower.
-        self.low_rank_a = self.low_rank_b = None
-        self.row_block = 0  # rows per low-rank call that keep a row's sums its own (forward)
+        # An adapter's change, B @ A (B scaled), kept beside the 4-bit weights: it is smaller
+        # than their rounding step, so merged it would mostly be rounded away. A prefill
+        # multiplies by it in the model's dtype (held transposed and contiguous: a matmul with
+        # a transposed view is 3x slower); a decode step by its int4 planes (LowRank4).
+        self.low_rank_a = self.low_rank_b = self.adapter = None
         if low_rank is not None:
             a, b = (t.detach().to(linear.weight.dtype).T.contiguous() for t in low_rank)
             self.low_rank_a, self.low_rank_b = a, b  # (in, r), (r, out)
-            self.row_block = low_rank_block(a, b)
+            self.adapter = LowRank4(a.T, b.T)
 
     def low_rank(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(A^T, B^T); of rank 0 for a layer without an adapter (so fused parts stack)."""
@@ -212,27 +183,93 @@ class Int4Linear(torch.nn.Module):
         return linear.in_features % GROUP == 0 and linear.out_features % 16 == 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        prefill = x.dim() == 3 and x.shape[1] > 1  # (one prompt alone: scheduler, llama.py)
-        if prefill:
+        if x.dim() == 3 and x.shape[1] > 1:  # a prefill (one prompt alone: llama.py)
             y = torch.nn.functional.linear(x, self.weight, self.bias)
-        else:
-            flat = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
-            y = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, self.packed, GROUP,
-                                                            self.scales_zeros).to(x.dtype)
-            y = y.reshape(*x.shape[:-1], self.out_features)
-            y = y if self.bias is None else y + self.bias
-        if self.low_rank_a is None:
+            if self.low_rank_a is not None:
+                y += x @ self.low_rank_a @ self.low_rank_b
             return y
-        flat = x.reshape(-1, self.in_features)  # y += (x A^T) B^T
-        rows = len(flat)
-        if prefill:
-            low = flat @ self.low_rank_a @ self.low_rank_b
-        elif self.row_block:  # a decode step: padded to whole blocks, so each row sums alike
-            flat = F.pad(flat, (0, 0, 0, -rows % self.row_block))
-            low = (flat @ self.low_rank_a @ self.low_rank_b)[:rows]
-        else:  # no block found: one row at a time
-            low = torch.cat([row @ self.low_rank_a @ self.low_rank_b for row in flat.split(1)])
-        return y.add_(low.reshape(y.shape))
+        flat = x.reshape(-1, self.in_features).to(torch.bfloat16)
+        y = int4_mm(flat, self.packed, self.scales_zeros).to(x.dtype)
+        if self.adapter is not None:
+            for part in self.adapter(flat):
+                y.add_(part)
+        y = y.reshape(*x.shape[:-1], self.out_features)
+        return y if self.bias is None else y + self.bias
+
+
+def int4_mm(x: torch.Tensor, packed: torch.Tensor, scales_zeros: torch.Tensor) -> torch.Tensor:
+    """bfloat16 rows times int4 weights, bfloat16 out. Each row is summed the same way whatever
+    the call's other rows (tests/test_llama.py): the kernel's order depends on K and N only."""
+    return torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, GROUP, scales_zeros)
+
+
+def quantize4(w: torch.Tensor, symmetric: bool = False
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """w (n, k) in 4-bit codes (n, k) in 0..15 with a bfloat16 (scale, zero) per group, as the
+    kernel takes them (k / GROUP, n, 2), and the weights they stand for, (n, k). Q4_1's layout
+    (a minimum per group), or `symmetric`: code 8 is exactly 0 (see planes4)."""
+    n, k = w.shape
+    if symmetric:
+        groups = w.reshape(n, -1, GROUP)
+        scale = (groups.abs().amax(-1) / 7).clamp(min=1e-12)
+        q = (groups / scale[..., None]).round().clamp(-7, 7) + 8
+        low = -8 * scale
+    else:
+        q, scale, low = Int4Linear.codes(w)
+    scales_zeros = torch.stack([scale, low + 8 * scale], -1).transpose(0, 1).contiguous()
+    scales_zeros = scales_zeros.to(torch.bfloat16)
+    scale, zero = scales_zeros.float().transpose(0, 1).unbind(-1)  # (n, k / GROUP)
+    dense = (q - 8) * scale[..., None] + zero[..., None]
+    return q.reshape(n, k), scales_zeros, dense.reshape(n, k)
+
+
+def pack4(codes: torch.Tensor) -> torch.Tensor:
+    return torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.int(), 1)
+
+
+def planes4(w: torch.Tensor, count: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """w as `count` int4 matrices stacked by rows, each the rounding error of those before it:
+    their sum is w to about 2^-8 of its range with two (one alone: 2^-5). Symmetric, so a zero
+    stays exactly 0 (a fused layer's adapter is mostly zeros: other parts' columns must add
+    nothing). Packed at once: the packing's row blocks may not line up with a plane's rows."""
+    codes, scales, rest = [], [], w
+    for _ in range(count):
+        q, scales_zeros, dense = quantize4(rest, symmetric=True)
+        codes.append(q)
+        scales.append(scales_zeros)
+        rest = rest - dense
+    return pack4(torch.cat(codes)), torch.cat(scales, dim=1)
+
+
+class LowRank4(torch.nn.Module):
+    """An adapter's change to a decode step's rows, x A^T B^T, as two calls of the int4 kernel
+    over A and B in two int4 planes each (planes4: accurate to about 2^-8, as bfloat16 is).
+
+    Why not float32 matmuls: MKL picks its kernel by the row count (a vector product for one
+    row, others for 2-3, 4...), so a row's sums, and a seeded story, changed with its batch
+    mates; padding the rows to blocks of 4 kept them apart but cost 5-9 ms of a 20 ms step at
+    one row. The int4 kernel sums every row alike (as the 4-bit layers rely on), needs no
+    padding, and reads a quarter of the bytes. A prefill keeps the exact float32 product."""
+
+    def __init__(self, a: torch.Tensor, b: torch.Tensor):
+        """a (r, in), b (out, r); r is padded to a whole group with zeros (the kernel's k)."""
+        super().__init__()
+        rank = -(-a.shape[0] // GROUP) * GROUP
+        a = F.pad(a.float(), (0, 0, 0, rank - a.shape[0]))
+        b = F.pad(b.float(), (0, rank - b.shape[1]))
+        self.rank, self.out_features = rank, b.shape[0]
+        for name, w in (("a", a), ("b", b)):
+            packed, scales_zeros = planes4(w)
+            self.register_buffer(f"{name}_packed", packed)
+            self.register_buffer(f"{name}_scales_zeros", scales_zeros)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """bfloat16 rows (m, in) -> the change (m, out) in two bfloat16 halves, to be added to
+        a float32 result one after the other (summed in bfloat16 they would round)."""
+        u = int4_mm(x, self.a_packed, self.a_scales_zeros)  # (m, 2 rank): x A1^T, x A2^T
+        u = u[:, : self.rank] + u[:, self.rank :]
+        v = int4_mm(u, self.b_packed, self.b_scales_zeros)  # (m, 2 out)
+        return v[:, : self.out_features], v[:, self.out_features :]
 
 
 class RowInt8Linear(torch.nn.Module):
