@@ -86,6 +86,16 @@ class Engine:
         return self.tokenizer.apply_chat_template(messages, tokenize=False,
                                                   add_generation_prompt=True)
 
+    def shared_prefix(self) -> list[int]:
+        """The token ids every served backstory prompt begins with (a chat model's system turn
+        and the instruction): two unlike requests' prompts, up to where they part."""
+        a, b = (self.tokenizer(self.prompt(BackstoryRequest(name=name, description=text)),
+                               add_special_tokens=False)["input_ids"]
+                for name, text in (("Aldric", "A knight of the marches."),
+                                   ("Zo", "An empire of androids that killed its makers.")))
+        n = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+        return a[:n]
+
     def row_settings(self, r: BackstoryRequest | PromptRequest) -> RowSettings:
         s = self.settings
         free = isinstance(r, PromptRequest)

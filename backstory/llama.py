@@ -50,6 +50,8 @@ class SlotCache:
         self.span = 0  # positions allocated per slot: grows in buckets up to max_len
         self.lengths = torch.zeros(max_rows, dtype=torch.long)  # tokens cached per slot
         self.rows = 0
+        self.prefix: list[int] = []  # token ids whose keys and values are kept (set_prefix)
+        self.prefix_kv: list[torch.Tensor] = []  # per layer: K and V stacked, (2, kv, P, dim)
 
     def clear(self) -> None:
         self.rows = 0
@@ -85,26 +87,61 @@ class SlotCache:
         self.rows += len(ids)  # only now: a prefill that fails takes no slot
         return logits
 
+    @torch.inference_mode()
+    def set_prefix(self, ids: list[int]) -> None:
+        """Keep the keys and values of `ids`, the start every served prompt shares (the chat
+        template's system turn and the instruction: about half of a backstory prompt's tokens),
+        so a prompt that begins with them prefills only the rest. Computed once, the same way
+        for every row (a prefill of the prefix alone), so a row's numbers still depend on its
+        own tokens only."""
+        self.prefix, self.prefix_kv = [], []
+        if len(ids) < 2:
+            return
+        self._reserve(max(self.rows, 1), len(ids))
+        slot = self.rows  # a free slot, as scratch
+        if slot >= self.max_rows:
+            raise ValueError("the slot cache is full")
+        self._prefill_row(torch.tensor(ids), slot)
+        self.prefix_kv = [torch.stack([k[slot, :, : len(ids)], v[slot, :, : len(ids)]]).clone()
+                          for k, v in zip(self.k, self.v)]
+        self.prefix = list(ids)
+
+    def _cached(self, ids: torch.Tensor) -> int:
+        """How many of a prompt's first tokens come from the kept prefix: all of it or none
+        (and none when fewer than 2 tokens would be left: see _prefill_row)."""
+        p = len(self.prefix)
+        if not p or len(ids) < p + 2 or ids[:p].tolist() != self.prefix:
+            return 0
+        return p
+
     def _prefill_row(self, ids: torch.Tensor, slot: int) -> torch.Tensor:
-        n = len(ids)
+        n, start = len(ids), self._cached(ids)
+        for i, kv in enumerate(self.prefix_kv if start else []):
+            self.k[i][slot, :, :start], self.v[i][slot, :, :start] = kv[0], kv[1]
         # At least 2 positions (a padded one, hidden by the causal mask): a prefill is then a
         # prefill to int4 layers whether its prompt has one token or not (backstory/quant.py).
-        width = max(n, 2)
-        ids = ids[torch.arange(width).clamp(max=n - 1)][None]
-        cos, sin = self.cos[None, :width], self.sin[None, :width]  # (1, width, head_dim)
+        width = max(n - start, 2)
+        ids = ids[torch.arange(start, start + width).clamp(max=n - 1)][None]
+        end = start + width
+        cos, sin = self.cos[None, start:end], self.sin[None, start:end]  # (1, width, head_dim)
+        # New positions see the cached ones and their own past (SDPA's is_causal would align
+        # the triangle to the top left corner, not to the new positions).
+        mask = (torch.ones(width, end, dtype=torch.bool).tril(start) if start else None)
         x = self.model.model.embed_tokens(ids)
         for i, layer in enumerate(self.layers):
             attn, h = layer.self_attn, layer.input_layernorm(x)
             q, k, v = (t.reshape(1, width, -1, self.head_dim).transpose(1, 2)
                        for t in self._qkv(attn, h).split(self.qkv_sizes, dim=-1))
             q, k = apply_rotary_pos_emb(q, k, cos, sin)  # transformers' own, as its layer does
-            self.k[i][slot, :, :width], self.v[i][slot, :, :width] = k[0], v[0]
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=attn.scaling,
-                                                 enable_gqa=True)
+            self.k[i][slot, :, start:end], self.v[i][slot, :, start:end] = k[0], v[0]
+            if start:
+                k, v = self.k[i][slot : slot + 1, :, :end], self.v[i][slot : slot + 1, :, :end]
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=not start,
+                                                 scale=attn.scaling, enable_gqa=True)
             x = x + attn.o_proj(out.transpose(1, 2).reshape(1, width, -1))
             x = x + self._mlp(layer.mlp, layer.post_attention_layernorm(x))
         self.lengths[slot] = n
-        return self._logits(self.model.model.norm(x[:, n - 1]))
+        return self._logits(self.model.model.norm(x[:, n - 1 - start]))
 
     @torch.inference_mode()
     def decode_one_token(self, tokens: torch.Tensor) -> torch.Tensor:

@@ -58,6 +58,8 @@ class Scheduler:
         # models trained from scratch) transformers' forward with its DynamicCache.
         self.slots = (SlotCache(engine.model, max_batch, engine.context)
                       if lean and supports(engine.model) else None)
+        if self.slots is not None:  # served prompts prefill from their shared start's K and V
+            self.slots.set_prefix(engine.shared_prefix())
         self.waiting: queue.Queue[Row] = queue.Queue()
         self.pending: list[Row] = []  # admitted, not yet prefilled (over the token budget)
         self.thread: threading.Thread | None = None

@@ -147,3 +147,29 @@ def test_a_prefill_that_fails_midway_takes_no_slot(model_and_tokenizer):
         slots.prefill(ids, mask)
     assert slots.rows == 0
     assert slots.prefill(*encode(tokenizer, PROMPTS[:1])).shape[0] == 1 and slots.rows == 1
+
+
+def test_prompts_that_start_with_the_kept_prefix_prefill_only_the_rest(model_and_tokenizer):
+    """set_prefix (the served prompts' shared start): a prompt that begins with it prefills its
+    own tokens over the kept keys and values and gets transformers' logits, before and after
+    decode steps; a prompt that does not is prefilled whole; clear() keeps the prefix."""
+    model, tokenizer = model_and_tokenizer
+    prefix = tokenizer(PROMPTS[0])["input_ids"]
+    prompts = [PROMPTS[0] + " She rides at dawn.", PROMPTS[0] + " No.", PROMPTS[2]]
+    rows = [tokenizer(p)["input_ids"] for p in prompts]
+    slots = SlotCache(model, max_rows=3, max_len=1024)
+    slots.set_prefix(prefix)
+    assert [slots._cached(torch.tensor(r)) for r in rows] == [len(prefix), len(prefix), 0]
+    slots.clear()
+    assert slots.prefix == prefix
+    refs = [Reference(model, r) for r in rows]
+    tolerance = 1e-2 if getattr(model, "adapted", False) else 1e-5
+    logits = slots.prefill(*encode(tokenizer, prompts))
+    torch.manual_seed(0)
+    for _ in range(4):
+        expected = torch.stack([ref.logits for ref in refs])
+        torch.testing.assert_close(logits, expected, rtol=10 * tolerance, atol=tolerance)
+        tokens = torch.randint(0, len(tokenizer), (len(rows),))
+        for ref, token in zip(refs, tokens.tolist()):
+            ref.step([token])
+        logits = slots.decode_one_token(tokens)
