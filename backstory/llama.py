@@ -17,6 +17,8 @@ row's own a weight of exactly 0): with int4 layers, the default, a row's logits 
 for bit alone or batched, which "same seed, same story" rests on.
 """
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
@@ -50,6 +52,11 @@ class SlotCache:
         self.span = 0  # positions allocated per slot: grows in buckets up to max_len
         self.lengths = torch.zeros(max_rows, dtype=torch.long)  # tokens cached per slot
         self.rows = 0
+        # Per layer, what a decode step calls, looked up once: nn.Module's attribute lookups
+        # and __call__ cost about 2 ms of a step at one row (no hooks run on this path).
+        self.plan = [(layer.input_layernorm.forward, self._qkv_of(layer.self_attn),
+                      layer.self_attn.o_proj.forward, layer.post_attention_layernorm.forward,
+                      self._mlp_of(layer.mlp), layer.self_attn.scaling) for layer in self.layers]
         self.prefix: list[int] = []  # token ids whose keys and values are kept (set_prefix)
         self.prefix_kv: list[torch.Tensor] = []  # per layer: K and V stacked, (2, kv, P, dim)
 
@@ -166,22 +173,23 @@ class SlotCache:
         at = ((torch.arange(b)[:, None] * kv + torch.arange(kv)) * self.span
               + pos[:, None]).flatten()
         x = self.model.model.embed_tokens(tokens)  # (b, hidden size)
-        heads = self.heads
-        for i, layer in enumerate(self.layers):
-            attn = layer.self_attn
-            qkv = self._qkv(attn, layer.input_layernorm(x))
+        heads, slots = self.heads, (b * kv, self.span, dim)
+        for i, (norm, qkv_proj, o_proj, mlp_norm, mlp, scaling) in enumerate(self.plan):
+            qkv = qkv_proj(norm(x))
             qk, v = qkv[:, : (heads + kv) * dim].view(b, heads + kv, dim), qkv[:, -kv * dim:]
             # rotate_half(x) is x rolled by half a head with its first half negated (in sin).
             qk = torch.addcmul(qk * cos, qk.roll(dim // 2, dims=-1), sin)
             self.k[i].view(-1, dim).index_copy_(0, at, qk[:, heads:].reshape(-1, dim))
             self.v[i].view(-1, dim).index_copy_(0, at, v.reshape(-1, dim))
-            keys = self.k[i][:b, :, :span].reshape(b * kv, span, dim)
-            values = self.v[i][:b, :, :span].reshape(b * kv, span, dim)
+            # (rows, kv, positions, dim) as (rows * kv, positions, dim), then the span: a view
+            # (slicing the span first, a reshape copied both caches every layer).
+            keys = self.k[i][:b].view(slots)[:, :span]
+            values = self.v[i][:b].view(slots)[:, :span]
             q = qk[:, :heads].reshape(b * kv, heads // kv, dim)  # query heads by kv head
-            scores = torch.baddbmm(mask, q, keys.transpose(1, 2), alpha=attn.scaling)
+            scores = torch.baddbmm(mask, q, keys.transpose(1, 2), alpha=scaling)
             out = torch.bmm(scores.softmax(dim=-1), values).view(b, heads * dim)
-            x = x + attn.o_proj(out)
-            x = x + self._mlp(layer.mlp, layer.post_attention_layernorm(x))
+            x = x + o_proj(out)
+            x = x + mlp(mlp_norm(x))
         self.lengths[:b] += 1
         return self._logits(self.model.model.norm(x))
 
@@ -198,16 +206,29 @@ class SlotCache:
     @staticmethod
     def _qkv(attn, x: torch.Tensor) -> torch.Tensor:
         """q, k and v side by side: int4 layers are fused into one call (backstory/quant.py)."""
+        return SlotCache._qkv_of(attn)(x)
+
+    @staticmethod
+    def _qkv_of(attn) -> Callable[[torch.Tensor], torch.Tensor]:
         if getattr(attn, "qkv_proj", None) is None:
-            return torch.cat([attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)], dim=-1)
-        return attn.qkv_proj(x)
+            return lambda x: torch.cat([attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)], dim=-1)
+        return attn.qkv_proj.forward
 
     @staticmethod
     def _mlp(mlp, x: torch.Tensor) -> torch.Tensor:
+        return SlotCache._mlp_of(mlp)(x)
+
+    @staticmethod
+    def _mlp_of(mlp) -> Callable[[torch.Tensor], torch.Tensor]:
         if getattr(mlp, "gate_up_proj", None) is None:
-            return mlp(x)
-        gate, up = mlp.gate_up_proj(x).chunk(2, dim=-1)  # LlamaMLP's order of operations
-        return mlp.down_proj(mlp.act_fn(gate) * up)
+            return mlp.forward
+        gate_up, down, act = mlp.gate_up_proj.forward, mlp.down_proj.forward, mlp.act_fn
+
+        def fused(x: torch.Tensor) -> torch.Tensor:
+            gate, up = gate_up(x).chunk(2, dim=-1)  # LlamaMLP's order of operations
+            return down(act(gate) * up)
+
+        return fused
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.model.lm_head(hidden).float()
