@@ -31,6 +31,16 @@ def supports(model: PreTrainedModel) -> bool:
     return model.config.model_type == "llama"
 
 
+def step(linear: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A linear layer's call for one position per row: an int4 layer's own, tensors bound."""
+    return linear.decode() if hasattr(linear, "decode") else linear.forward
+
+
+def module(linear: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A layer's own forward (a prefill's: several positions per row)."""
+    return linear.forward
+
+
 class SlotCache:
     """A llama model's decode state: K and V for `max_rows` slots, rows 0..rows-1 in use."""
 
@@ -55,7 +65,7 @@ class SlotCache:
         # Per layer, what a decode step calls, looked up once: nn.Module's attribute lookups
         # and __call__ cost about 2 ms of a step at one row (no hooks run on this path).
         self.plan = [(layer.input_layernorm.forward, self._qkv_of(layer.self_attn),
-                      layer.self_attn.o_proj.forward, layer.post_attention_layernorm.forward,
+                      step(layer.self_attn.o_proj), layer.post_attention_layernorm.forward,
                       self._mlp_of(layer.mlp), layer.self_attn.scaling) for layer in self.layers]
         self.prefix: list[int] = []  # token ids whose keys and values are kept (set_prefix)
         self.prefix_kv: list[torch.Tensor] = []  # per layer: K and V stacked, (2, kv, P, dim)
@@ -206,23 +216,23 @@ class SlotCache:
     @staticmethod
     def _qkv(attn, x: torch.Tensor) -> torch.Tensor:
         """q, k and v side by side: int4 layers are fused into one call (backstory/quant.py)."""
-        return SlotCache._qkv_of(attn)(x)
+        return SlotCache._qkv_of(attn, call=module)(x)
 
     @staticmethod
-    def _qkv_of(attn) -> Callable[[torch.Tensor], torch.Tensor]:
+    def _qkv_of(attn, call=step) -> Callable[[torch.Tensor], torch.Tensor]:
         if getattr(attn, "qkv_proj", None) is None:
             return lambda x: torch.cat([attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)], dim=-1)
-        return attn.qkv_proj.forward
+        return call(attn.qkv_proj)
 
     @staticmethod
     def _mlp(mlp, x: torch.Tensor) -> torch.Tensor:
-        return SlotCache._mlp_of(mlp)(x)
+        return SlotCache._mlp_of(mlp, call=module)(x)
 
     @staticmethod
-    def _mlp_of(mlp) -> Callable[[torch.Tensor], torch.Tensor]:
+    def _mlp_of(mlp, call=step) -> Callable[[torch.Tensor], torch.Tensor]:
         if getattr(mlp, "gate_up_proj", None) is None:
             return mlp.forward
-        gate_up, down, act = mlp.gate_up_proj.forward, mlp.down_proj.forward, mlp.act_fn
+        gate_up, down, act = call(mlp.gate_up_proj), call(mlp.down_proj), mlp.act_fn
 
         def fused(x: torch.Tensor) -> torch.Tensor:
             gate, up = gate_up(x).chunk(2, dim=-1)  # LlamaMLP's order of operations

@@ -15,6 +15,7 @@ tensor subclasses; a small module keeps the decode loop free of a second depende
 import contextlib
 import ctypes
 import functools
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -188,13 +189,28 @@ class Int4Linear(torch.nn.Module):
             if self.low_rank_a is not None:
                 y += x @ self.low_rank_a @ self.low_rank_b
             return y if self.bias is None else y + self.bias
-        flat = x.reshape(-1, self.in_features).to(torch.bfloat16)
-        y = int4_mm(flat, self.packed, self.scales_zeros).to(x.dtype)
-        if self.adapter is not None:
-            for part in self.adapter(flat):
-                y.add_(part)
-        y = y.reshape(*x.shape[:-1], self.out_features)
-        return y if self.bias is None else y + self.bias
+        y = int4_decode(x.reshape(-1, self.in_features), self.packed, self.scales_zeros,
+                        self.adapter, self.bias)
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+    def decode(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """This layer's decode step, rows (m, in) -> (m, out), with its tensors bound once: what
+        llama.py's decode loop calls (nn.Module's attribute lookups, five or more per call,
+        cost about 1 ms of a step at one row)."""
+        return functools.partial(int4_decode, packed=self.packed,
+                                 scales_zeros=self.scales_zeros, adapter=self.adapter,
+                                 bias=self.bias)
+
+
+def int4_decode(x: torch.Tensor, packed: torch.Tensor, scales_zeros: torch.Tensor,
+                adapter: "LowRank4 | None", bias: torch.Tensor | None) -> torch.Tensor:
+    """A decode step's rows (m, in) through an Int4Linear's weights (and adapter)."""
+    flat = x.to(torch.bfloat16)
+    y = int4_mm(flat, packed, scales_zeros).to(x.dtype)
+    if adapter is not None:
+        for part in adapter(flat):
+            y.add_(part)
+    return y if bias is None else y + bias
 
 
 @functools.cache
@@ -247,7 +263,7 @@ def planes4(w: torch.Tensor, count: int = 2) -> tuple[torch.Tensor, torch.Tensor
     return pack4(torch.cat(codes)), torch.cat(scales, dim=1)
 
 
-class LowRank4(torch.nn.Module):
+class LowRank4:
     """An adapter's change to a decode step's rows, x A^T B^T, as two calls of the int4 kernel
     over A and B in two int4 planes each (planes4: accurate to about 2^-8, as bfloat16 is).
 
@@ -255,21 +271,20 @@ class LowRank4(torch.nn.Module):
     row, others for 2-3, 4...), so a row's sums, and a seeded story, changed with its batch
     mates; padding the rows to blocks of 4 kept them apart but cost 5-9 ms of a 20 ms step at
     one row. The int4 kernel sums every row alike (as the 4-bit layers rely on), needs no
-    padding, and reads a quarter of the bytes. A prefill keeps the exact float32 product."""
+    padding, and reads a quarter of the bytes. A prefill keeps the exact float32 product.
+    A plain object, not an nn.Module: its tensors are the CPU kernel's packing, never moved or
+    saved, and a module's attribute lookups would cost a decode step about 0.5 ms."""
 
     def __init__(self, a: torch.Tensor, b: torch.Tensor):
         """a (r, in), b (out, r); r is padded to a whole group with zeros (the kernel's k)."""
-        super().__init__()
         rank = -(-a.shape[0] // GROUP) * GROUP
         a = F.pad(a.float(), (0, 0, 0, rank - a.shape[0]))
         b = F.pad(b.float(), (0, rank - b.shape[1]))
         self.rank, self.out_features = rank, b.shape[0]
-        for name, w in (("a", a), ("b", b)):
-            packed, scales_zeros = planes4(w)
-            self.register_buffer(f"{name}_packed", packed)
-            self.register_buffer(f"{name}_scales_zeros", scales_zeros)
+        self.a_packed, self.a_scales_zeros = planes4(a)
+        self.b_packed, self.b_scales_zeros = planes4(b)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """bfloat16 rows (m, in) -> the change (m, out) in two bfloat16 halves, to be added to
         a float32 result one after the other (summed in bfloat16 they would round)."""
         u = int4_mm(x, self.a_packed, self.a_scales_zeros)  # (m, 2 rank): x A1^T, x A2^T
