@@ -208,8 +208,7 @@ def int4_decode(x: torch.Tensor, packed: torch.Tensor, scales_zeros: torch.Tenso
     flat = x.to(torch.bfloat16)
     y = int4_mm(flat, packed, scales_zeros).to(x.dtype)
     if adapter is not None:
-        for part in adapter(flat):
-            y.add_(part)
+        y.add_(adapter(flat))
     return y if bias is None else y + bias
 
 
@@ -250,17 +249,18 @@ def pack4(codes: torch.Tensor) -> torch.Tensor:
 
 
 def planes4(w: torch.Tensor, count: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
-    """w as `count` int4 matrices stacked by rows, each the rounding error of those before it:
-    their sum is w to about 2^-8 of its range with two (one alone: 2^-5). Symmetric, so a zero
-    stays exactly 0 (a fused layer's adapter is mostly zeros: other parts' columns must add
-    nothing). Packed at once: the packing's row blocks may not line up with a plane's rows."""
+    """w (n, k) as `count` int4 matrices side by side, (n, count * k), each the rounding error of
+    those before it: with the input repeated as many times, one kernel call sums them, which is
+    w to about 2^-8 of its range with two (one alone: 2^-5). Symmetric, so a zero stays exactly
+    0 (a fused layer's adapter is mostly zeros: other parts' columns must add nothing). Codes
+    and scales, unpacked."""
     codes, scales, rest = [], [], w
     for _ in range(count):
         q, scales_zeros, dense = quantize4(rest, symmetric=True)
         codes.append(q)
         scales.append(scales_zeros)
         rest = rest - dense
-    return pack4(torch.cat(codes)), torch.cat(scales, dim=1)
+    return torch.cat(codes, dim=1), torch.cat(scales)
 
 
 class LowRank4:
@@ -280,17 +280,18 @@ class LowRank4:
         rank = -(-a.shape[0] // GROUP) * GROUP
         a = F.pad(a.float(), (0, 0, 0, rank - a.shape[0]))
         b = F.pad(b.float(), (0, rank - b.shape[1]))
-        self.rank, self.out_features = rank, b.shape[0]
-        self.a_packed, self.a_scales_zeros = planes4(a)
-        self.b_packed, self.b_scales_zeros = planes4(b)
+        # A's rows twice: the first call's output, x A^T repeated, is the second call's input.
+        codes, scales = planes4(a)
+        self.a_packed = pack4(torch.cat([codes, codes]))
+        self.a_scales_zeros = torch.cat([scales, scales], dim=1)
+        codes, self.b_scales_zeros = planes4(b)
+        self.b_packed = pack4(codes)
 
-    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """bfloat16 rows (m, in) -> the change (m, out) in two bfloat16 halves, to be added to
-        a float32 result one after the other (summed in bfloat16 they would round)."""
-        u = int4_mm(x, self.a_packed, self.a_scales_zeros)  # (m, 2 rank): x A1^T, x A2^T
-        u = u[:, : self.rank] + u[:, self.rank :]
-        v = int4_mm(u, self.b_packed, self.b_scales_zeros)  # (m, 2 out)
-        return v[:, : self.out_features], v[:, self.out_features :]
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """bfloat16 rows (m, in) -> the change (m, out), bfloat16 (four kernel-side ops: each
+        op is a few microseconds of a step's dispatch, and a step at one row is mostly that)."""
+        u = int4_mm(torch.cat([x, x], dim=1), self.a_packed, self.a_scales_zeros)  # [xA^T xA^T]
+        return int4_mm(u, self.b_packed, self.b_scales_zeros)
 
 
 class RowInt8Linear(torch.nn.Module):
