@@ -184,6 +184,23 @@ def test_fused_int4_layers_compute_what_their_parts_do():
     assert fuse([Int4Linear(torch.nn.Linear(64, block + 16, bias=False)), parts[0]]) is None
 
 
+def test_an_adapters_decode_product_is_its_float32_product_to_about_bfloat16():
+    """LowRank4 (a decode step's x A^T B^T through the int4 kernel, A and B in two planes each)
+    against the float32 product: off by about 2^-8, where one 4-bit plane is off by 2^-5; an
+    exact zero column of B (a fused layer's other parts) adds exactly nothing."""
+    from backstory.quant import LowRank4
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(16, 576, generator=g), torch.randn(960, 16, generator=g) * 0.01
+    b[:, 8:] = 0  # the second half of the rank feeds nothing
+    x = torch.randn(7, 576, generator=g).to(torch.bfloat16)
+    exact = x.float() @ a.T @ b.T
+    error = ((LowRank4(a, b)(x).float() - exact).norm() / exact.norm()).item()
+    assert 1e-4 < error < 0.015  # (not exact: it is the planes' rounding, not a copy)
+    only_half = LowRank4(a[:8], b[:, :8])(x)
+    assert torch.equal(LowRank4(a, b)(x), only_half)
+
+
 def test_no_repeat_ngram_size_bans_a_repeated_pair():
     """BACKSTORY_NO_REPEAT_NGRAM_SIZE=2: after "7 9 ... 7", 9 may not follow (it is the best
     token, and the only one top_k=1 keeps, until the ban)."""
