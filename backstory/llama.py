@@ -112,12 +112,12 @@ class SlotCache:
         for every row (a prefill of the prefix alone), so a row's numbers still depend on its
         own tokens only."""
         self.prefix, self.prefix_kv = [], []
-        if len(ids) < 2:
+        if len(ids) < 2 or len(ids) + 2 > self.max_len:  # (a prompt needs 2 more of its own)
             return
-        self._reserve(max(self.rows, 1), len(ids))
         slot = self.rows  # a free slot, as scratch
         if slot >= self.max_rows:
             raise ValueError("the slot cache is full")
+        self._reserve(slot + 1, len(ids))
         self._prefill_row(torch.tensor(ids), slot)
         self.prefix_kv = [torch.stack([k[slot, :, : len(ids)], v[slot, :, : len(ids)]]).clone()
                           for k, v in zip(self.k, self.v)]
