@@ -117,10 +117,18 @@ def test_a_burst_is_served_up_to_max_concurrency_and_the_rest_refused_at_once(ti
     # that only answers 429) ...
     seen = sorted(seconds for status, seconds, _ in results if status == 429)
     assert seen and seen[len(seen) // 2] < 2.0
-    # ... and in the gateway (its access log): on arrival, before the body is parsed, p50
-    # 0.6-0.8 ms (it was 490 ms when the routes refused after parsing).
-    refused = sorted(line["ms"] for line in access_log(log) if line["status"] == 429)
-    assert len(refused) == statuses.count(429) and refused[len(refused) // 2] < 50
+    # ... and in the gateway (its access log), against the admitted stories, so that a slower
+    # machine moves both sides: a refusal waits for no story. Not an absolute figure: a refusal's
+    # time there is mostly the wait for this client's body, which the gateway reads before it
+    # replies, and on 2 shared cores that was 0.3 ms p50 here and 72 ms p50 in a CI run. That it
+    # is refused before the body is parsed is test_gateway's
+    # test_a_full_gateway_refuses_model_routes_on_arrival_before_reading_the_body.
+    lines = access_log(log)
+    refused = sorted(line["ms"] for line in lines if line["status"] == 429)
+    admitted = sorted(line["ms"] for line in lines if line["status"] == 200
+                      and line["route"] == "/api/generate")
+    assert len(refused) == statuses.count(429) and len(admitted) == statuses.count(200)
+    assert refused[len(refused) // 2] * 4 < admitted[len(admitted) // 2], (refused, admitted)
 
 
 def access_log(path) -> list[dict]:
