@@ -48,9 +48,10 @@ def has_fast_bf16(device: torch.device) -> bool:
 
 
 def pick_dtype(setting: str, device: torch.device) -> torch.dtype:
-    """`auto`: bf16 on CUDA, fp32 on CPU. A CPU with native bf16 runs the default model 20-35 %
-    faster per step in bf16 (bench/levers.md), but bf16 rounding depends on the batch's shape,
-    so a seeded story would change with its batch mates; fp32 keeps it exact, bf16 is opt-in.
+    """`auto`: bf16 on CUDA, fp32 on CPU. A CPU with native bf16 ran float32 layers 20-35 %
+    faster per step in bf16 (bench/levers.md; beside int4 layers it is slower, README), but bf16
+    rounding depends on the batch's shape, so a seeded story would change with its batch mates;
+    fp32 keeps it exact, bf16 is opt-in.
     fp16 weights are upcast: half precision matmuls without hardware support are slow."""
     if setting == "auto":
         return torch.bfloat16 if device.type == "cuda" and has_fast_bf16(device) else torch.float32
@@ -64,8 +65,11 @@ def pick_quantize(setting: str, device: torch.device, model: PreTrainedModel) ->
     round away)."""
     if setting != "auto":
         return setting
-    llama = device.type == "cpu" and model.config.model_type == "llama"
-    return "int4" if llama and four_bit_grid(model) else "none"
+    if device.type != "cpu" or model.config.model_type != "llama":
+        return "none"
+    # Noted in float32 at load (on_grid): bfloat16 weights are off the grid by their rounding.
+    four_bit = getattr(model, "four_bit", None)
+    return "int4" if (four_bit_grid(model) if four_bit is None else four_bit) else "none"
 
 
 def is_adapter(path: str) -> bool:
@@ -94,22 +98,29 @@ def load_weights(path: str, dtype: torch.dtype, base: str = "", keep_low_rank: b
     ({layer name: (A, scaled B)}) for quant.quantized to keep beside the int4 layers: merged,
     4-bit rounding would take most of a fine-tune's change away."""
     if not is_adapter(path):
-        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        return on_grid(AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)).to(dtype)
     from peft import PeftModel
     from peft.tuners.lora import LoraLayer
 
     base = adapter_base(path, base)
-    model = AutoModelForCausalLM.from_pretrained(resolve_model(base), dtype=torch.float32)
-    keep = keep_low_rank and model.config.model_type == "llama" and four_bit_grid(model)
+    model = on_grid(AutoModelForCausalLM.from_pretrained(resolve_model(base), dtype=torch.float32))
+    keep = keep_low_rank and model.four_bit
     tuned = PeftModel.from_pretrained(model, path)
     if not keep:
-        return tuned.merge_and_unload().to(dtype)  # merged in fp32
+        return on_grid(tuned.merge_and_unload()).to(dtype)  # merged in fp32
     low_rank = {name.removeprefix("base_model.model."): (m.lora_A[a].weight.detach().clone(),
                                                          m.lora_B[a].weight.detach() * m.scaling[a])
                 for name, m in tuned.named_modules() if isinstance(m, LoraLayer)
                 for a in m.active_adapters}
     model = tuned.unload().to(dtype)
     model.low_rank = low_rank
+    return model
+
+
+def on_grid(model: PreTrainedModel) -> PreTrainedModel:
+    """Note on a float32 model whether its layers are 4-bit (quant.four_bit_grid: int4 then holds
+    them as they are), before a cast to bfloat16 rounds them off the grid."""
+    model.four_bit = model.config.model_type == "llama" and four_bit_grid(model)
     return model
 
 
