@@ -42,6 +42,11 @@ class Settings(BaseSettings):
         "lean", description="Served decode loop: lean = ours over a llama model's modules with a "
         "KV cache of slots (backstory/llama.py); transformers = the model's forward with its "
         "DynamicCache (other architectures always).")
+    dense_decode_rows: int = Field(
+        0, ge=0, description="int4 layers: a decode step of at least this many rows multiplies by "
+        "the dequantized bfloat16 weights, not through the int4 kernel (faster for wide batches, "
+        "README, Performance). Gives up \"same seed, same story\": a row's numbers then depend "
+        "on how many rows ran beside it. 0 = never (the default).")
     threads: int = Field(0, ge=0, description="torch CPU threads; 0 = all cores.")
     gpus: int = Field(0, ge=0, le=8, description="GPUs the model service asks its scheduler for.")
     max_batch_size: int = Field(32, ge=1, le=256, description="Rows in the running batch; more "

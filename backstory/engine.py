@@ -44,7 +44,7 @@ class Engine:
         self.parameters = sum(p.numel() for p in self.model.parameters())
         self.quantize = pick_quantize(settings.quantize, self.device, self.model)
         if self.quantize != "none":
-            self.model = quantized(self.model, self.quantize)
+            self.model = quantized(self.model, self.quantize, settings.dense_decode_rows > 0)
         if getattr(self.model, "low_rank", None):  # load_weights kept them for int4 alone
             raise RuntimeError("an adapter's low-rank changes were left unapplied")
         self.context = context_length(self.model)

@@ -41,10 +41,19 @@ def module(linear: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     return linear.forward
 
 
+def dense(linear: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A wide decode step's call: an int4 layer's dequantized weights (faster than its kernel
+    at many rows, but the matmul library sums a row in an order that depends on the row count)."""
+    return getattr(linear, "dense", linear.forward)
+
+
 class SlotCache:
     """A llama model's decode state: K and V for `max_rows` slots, rows 0..rows-1 in use."""
 
-    def __init__(self, model: PreTrainedModel, max_rows: int, max_len: int):
+    def __init__(self, model: PreTrainedModel, max_rows: int, max_len: int, dense_rows: int = 0):
+        """`dense_rows`: a decode step of at least this many rows multiplies by the int4 layers'
+        dequantized weights, not through the int4 kernel (0: never). Faster for a wide batch,
+        but a row's numbers then depend on how many rows ran beside it."""
         cfg, inner = model.config, model.model
         self.model, self.layers = model, inner.layers
         self.heads, self.kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
@@ -64,11 +73,16 @@ class SlotCache:
         self.rows = 0
         # Per layer, what a decode step calls, looked up once: nn.Module's attribute lookups
         # and __call__ cost about 2 ms of a step at one row (no hooks run on this path).
-        self.plan = [(layer.input_layernorm.forward, self._qkv_of(layer.self_attn),
-                      step(layer.self_attn.o_proj), layer.post_attention_layernorm.forward,
-                      self._mlp_of(layer.mlp), layer.self_attn.scaling) for layer in self.layers]
+        self.plan = self._plan(step)
+        self.dense_rows = dense_rows
+        self.dense_plan = self._plan(dense) if dense_rows else self.plan
         self.prefix: list[int] = []  # token ids whose keys and values are kept (set_prefix)
         self.prefix_kv: list[torch.Tensor] = []  # per layer: K and V stacked, (2, kv, P, dim)
+
+    def _plan(self, call: Callable) -> list[tuple]:
+        return [(layer.input_layernorm.forward, self._qkv_of(layer.self_attn, call),
+                 call(layer.self_attn.o_proj), layer.post_attention_layernorm.forward,
+                 self._mlp_of(layer.mlp, call), layer.self_attn.scaling) for layer in self.layers]
 
     def clear(self) -> None:
         self.rows = 0
@@ -184,7 +198,8 @@ class SlotCache:
               + pos[:, None]).flatten()
         x = self.model.model.embed_tokens(tokens)  # (b, hidden size)
         heads, slots = self.heads, (b * kv, self.span, dim)
-        for i, (norm, qkv_proj, o_proj, mlp_norm, mlp, scaling) in enumerate(self.plan):
+        plan = self.dense_plan if self.dense_rows and b >= self.dense_rows else self.plan
+        for i, (norm, qkv_proj, o_proj, mlp_norm, mlp, scaling) in enumerate(plan):
             qkv = qkv_proj(norm(x))
             qk, v = qkv[:, : (heads + kv) * dim].view(b, heads + kv, dim), qkv[:, -kv * dim:]
             # rotate_half(x) is x rolled by half a head with its first half negated (in sin).

@@ -24,11 +24,12 @@ from transformers import PreTrainedModel
 GROUP = 32  # weights per (scale, minimum): Q4_1's block
 
 
-def quantized(model: PreTrainedModel, kind: str) -> PreTrainedModel:
+def quantized(model: PreTrainedModel, kind: str, merge_dense: bool = False) -> PreTrainedModel:
     """`model` with its nn.Linear layers replaced in place: int4 where the kernel's shapes allow
     (else int8), or int8 everywhere; the logits head is always int8. An adapter's low-rank
     changes (`model.low_rank`, see weights.load_weights) stay beside the int4 layers they belong
-    to; elsewhere they are merged into the weights first."""
+    to; elsewhere they are merged into the weights first. `merge_dense`: into the int4 layers'
+    dequantized copies as well (Int4Linear)."""
     low_rank = getattr(model, "low_rank", {})
     for prefix, parent in list(model.named_modules()):
         for name, child in parent.named_children():
@@ -40,7 +41,7 @@ def quantized(model: PreTrainedModel, kind: str) -> PreTrainedModel:
             if delta is not None and not four:
                 with torch.no_grad():
                     child.weight += (delta[1] @ delta[0]).to(child.weight.dtype)
-            new = Int4Linear(child, delta if four else None) if four else RowInt8Linear(child)
+            new = (Int4Linear(child, delta, merge_dense) if four else RowInt8Linear(child))
             setattr(parent, name, new)
     model.low_rank = {}
     layers = model.model.layers if model.config.model_type == "llama" else []
@@ -76,6 +77,7 @@ def fuse(parts: list[torch.nn.Module]) -> "Int4Linear | None":
     fused.bias, fused.out_features = None, sum(p.out_features for p in parts)
     fused.in_features = parts[0].in_features
     fused.low_rank_a = fused.low_rank_b = fused.adapter = None
+    fused.merged = parts[0].merged
     if any(p.low_rank_a is not None for p in parts):  # side by side: [A1; A2], diag(B1, B2)
         a, b = zip(*(p.low_rank() for p in parts), strict=True)
         fused.low_rank_a, fused.low_rank_b = torch.cat(a, dim=1), torch.block_diag(*b)
@@ -139,11 +141,18 @@ class Int4Linear(torch.nn.Module):
     batch mates, so a seeded story stays the same."""
 
     def __init__(self, linear: torch.nn.Linear,
-                 low_rank: tuple[torch.Tensor, torch.Tensor] | None = None):
+                 low_rank: tuple[torch.Tensor, torch.Tensor] | None = None,
+                 merge_dense: bool = False):
         super().__init__()
         w = linear.weight.detach().float()
         n, k = w.shape
         q, scales_zeros, dense = quantize4(w)
+        # merge_dense (Settings.dense_decode_rows): the adapter's change added to the dequantized
+        # copy, which then serves prefills and wide decode steps alone: bfloat16 rounds it (as it
+        # rounds the base's weights there), and the low-rank matmuls' 4 ops a layer are gone.
+        self.merged = merge_dense and low_rank is not None
+        if self.merged:
+            dense = dense + (low_rank[1].float() @ low_rank[0].float())
         self.register_buffer("packed", pack4(q))
         self.register_buffer("scales_zeros", scales_zeros)
         self.register_buffer("weight", dense.to(dense_dtype()))
@@ -185,13 +194,18 @@ class Int4Linear(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 3 and x.shape[1] > 1:  # a prefill (one prompt alone: llama.py)
-            y = F.linear(x.to(self.weight.dtype), self.weight).to(x.dtype)
-            if self.low_rank_a is not None:
-                y += x @ self.low_rank_a @ self.low_rank_b
-            return y if self.bias is None else y + self.bias
+            return self.dense(x)
         y = int4_decode(x.reshape(-1, self.in_features), self.packed, self.scales_zeros,
                         self.adapter, self.bias)
         return y.reshape(*x.shape[:-1], self.out_features)
+
+    def dense(self, x: torch.Tensor) -> torch.Tensor:
+        """x times the dequantized weights (and the adapter's exact product): a prefill's call,
+        and a wide decode step's where the service allows it (Settings.dense_decode_rows)."""
+        y = F.linear(x.to(self.weight.dtype), self.weight).to(x.dtype)
+        if self.low_rank_a is not None and not self.merged:
+            y += x @ self.low_rank_a @ self.low_rank_b
+        return y if self.bias is None else y + self.bias
 
     def decode(self) -> Callable[[torch.Tensor], torch.Tensor]:
         """This layer's decode step, rows (m, in) -> (m, out), with its tensors bound once: what

@@ -56,7 +56,8 @@ class Scheduler:
         self.prefill_tokens = prefill_tokens
         # The lean decode path (backstory/llama.py) where the model is a llama; else (GPT-2
         # models trained from scratch) transformers' forward with its DynamicCache.
-        self.slots = (SlotCache(engine.model, max_batch, engine.context)
+        self.slots = (SlotCache(engine.model, max_batch, engine.context,
+                                engine.settings.dense_decode_rows)
                       if lean and supports(engine.model) else None)
         if self.slots is not None:  # served prompts prefill from their shared start's K and V
             self.slots.set_prefix(engine.shared_prefix())

@@ -95,6 +95,23 @@ def test_dtype_setting_picks_the_weights_precision(tiny_model, engine):
     assert story.tokens == 5 and story.backstory.startswith("Ysolde")
 
 
+def test_dense_decode_rows_runs_wide_steps_dense_and_leaves_a_lone_row_as_it_was(tiny_model,
+                                                                                   engine):
+    """BACKSTORY_DENSE_DECODE_ROWS=2: a batch of 3 decodes through the dequantized weights (its
+    row's story may differ from the default's), a row alone through the int4 kernel as before."""
+    wide = Engine(Settings(model=str(tiny_model), threads=1, dense_decode_rows=2))
+    request = Request(name="Kaylon", description="An empire.", seed=9, max_new_tokens=12,
+                      min_new_tokens=12)
+    others = [Request(name="Bo", description="The sea.", seed=1, max_new_tokens=12),
+              Request(name="Zed", description="x", seed=3, max_new_tokens=12)]
+    from backstory.scheduler import Scheduler
+
+    assert Scheduler(wide, max_batch=3, wait_ms=0).slots.dense_rows == 2  # the setting reaches
+    assert wide.generate([request]) == engine.generate([request])  # the decode loop (llama.py)
+    batched = wide.generate([*others, request])
+    assert batched[2].tokens == 12 and batched[2].backstory.startswith("Kaylon")
+
+
 def test_int8_quantized_engine_keeps_same_seed_same_story_alone_or_batched(tiny_model):
     """BACKSTORY_QUANTIZE=int8: every linear layer int8 (fbgemm), and a row gets the same story
     for the same seed alone or batched with others (rows scaled apart: RowInt8Linear)."""

@@ -91,6 +91,14 @@ def test_int4_keeps_an_adapters_change_beside_the_4bit_base(adapter, tiny_model)
     # not found, and the adapter's kept changes made the engine refuse to start).
     fast = Engine(Settings(model=str(adapter), device="cpu", threads=1, dtype="bfloat16"))
     assert fast.quantize == "int4" and fast.generate([request])[0].tokens == 10
+    # BACKSTORY_DENSE_DECODE_ROWS: the change merged into the dequantized copy (prefills, wide
+    # steps) follows the float model as closely; one position is the int4 kernel's, as before.
+    wide = Engine(Settings(model=str(adapter), device="cpu", threads=1, dense_decode_rows=2))
+    assert wide.model.model.layers[0].self_attn.q_proj.merged
+    with torch.no_grad():
+        want, got, without = (e.model(ids).logits for e in (merged, wide, base_int4))
+        assert torch.equal(wide.model(ids[:, :1]).logits, kept.model(ids[:, :1]).logits)
+    assert (got - want).norm() < 0.2 * (without - want).norm()
 
 
 @pytest.mark.slow

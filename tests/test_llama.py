@@ -173,3 +173,26 @@ def test_prompts_that_start_with_the_kept_prefix_prefill_only_the_rest(model_and
         for ref, token in zip(refs, tokens.tolist()):
             ref.step([token])
         logits = slots.decode_one_token(tokens)
+
+
+def test_wide_steps_use_the_dense_weights_and_narrow_ones_stay_the_kernels(model_and_tokenizer):
+    """dense_rows (Settings.dense_decode_rows): a decode step of that many rows or more multiplies
+    by the int4 layers' dequantized weights (still transformers' logits, to bfloat16's rounding);
+    a narrower step is the int4 kernel's, bit for bit as with the setting off."""
+    model, tokenizer = model_and_tokenizer
+    if not getattr(model.model.layers[0].mlp, "gate_up_proj", None):
+        pytest.skip("float32 layers: one path only")
+    refs = [Reference(model, tokenizer(p)["input_ids"]) for p in PROMPTS]
+    caches = [SlotCache(model, max_rows=3, max_len=1024, dense_rows=d) for d in (0, 3)]
+    torch.manual_seed(0)
+    for rows in (2, 2, 3, 3, 3):  # two narrow steps, then the third row joins: wide ones
+        for slots in caches:
+            if slots.rows < rows:
+                slots.prefill(*encode(tokenizer, PROMPTS[slots.rows:rows]))
+        tokens = torch.randint(0, len(tokenizer), (rows,))
+        for ref, token in zip(refs, tokens.tolist()):
+            ref.step([token])
+        kernel, dense = (slots.decode_one_token(tokens) for slots in caches)
+        expected = torch.stack([ref.logits for ref in refs[:rows]])
+        torch.testing.assert_close(dense, expected, rtol=0.1, atol=1e-2)
+        assert torch.equal(kernel, dense) == (rows < 3)
