@@ -41,7 +41,7 @@ def quantized(model: PreTrainedModel, kind: str, merge_dense: bool = False) -> P
             if delta is not None and not four:
                 with torch.no_grad():
                     child.weight += (delta[1] @ delta[0]).to(child.weight.dtype)
-            new = (Int4Linear(child, delta, merge_dense) if four else RowInt8Linear(child))
+            new = Int4Linear(child, delta, merge_dense) if four else RowInt8Linear(child)
             setattr(parent, name, new)
     model.low_rank = {}
     layers = model.model.layers if model.config.model_type == "llama" else []
@@ -200,8 +200,8 @@ class Int4Linear(torch.nn.Module):
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def dense(self, x: torch.Tensor) -> torch.Tensor:
-        """x times the dequantized weights (and the adapter's exact product): a prefill's call,
-        and a wide decode step's where the service allows it (Settings.dense_decode_rows)."""
+        """x times the dequantized weights and the adapter's change (its exact product, or merged
+        into them): a prefill's call, and a wide decode step's (Settings.dense_decode_rows)."""
         y = F.linear(x.to(self.weight.dtype), self.weight).to(x.dtype)
         if self.low_rank_a is not None and not self.merged:
             y += x @ self.low_rank_a @ self.low_rank_b
