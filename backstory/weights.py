@@ -67,8 +67,7 @@ def pick_quantize(setting: str, device: torch.device, model: PreTrainedModel) ->
         return setting
     if device.type != "cpu" or model.config.model_type != "llama":
         return "none"
-    # Noted in float32 at load (on_grid): bfloat16 weights are off the grid by their rounding.
-    four_bit = getattr(model, "four_bit", None)
+    four_bit = getattr(model, "four_bit", None)  # set by load_weights for a kept adapter's base
     return "int4" if (four_bit_grid(model) if four_bit is None else four_bit) else "none"
 
 
@@ -98,29 +97,23 @@ def load_weights(path: str, dtype: torch.dtype, base: str = "", keep_low_rank: b
     ({layer name: (A, scaled B)}) for quant.quantized to keep beside the int4 layers: merged,
     4-bit rounding would take most of a fine-tune's change away."""
     if not is_adapter(path):
-        return on_grid(AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)).to(dtype)
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     from peft import PeftModel
     from peft.tuners.lora import LoraLayer
 
     base = adapter_base(path, base)
-    model = on_grid(AutoModelForCausalLM.from_pretrained(resolve_model(base), dtype=torch.float32))
-    keep = keep_low_rank and model.four_bit
+    model = AutoModelForCausalLM.from_pretrained(resolve_model(base), dtype=torch.float32)
+    keep = keep_low_rank and model.config.model_type == "llama" and four_bit_grid(model)
     tuned = PeftModel.from_pretrained(model, path)
     if not keep:
-        return on_grid(tuned.merge_and_unload()).to(dtype)  # merged in fp32
+        return tuned.merge_and_unload().to(dtype)  # merged in fp32
     low_rank = {name.removeprefix("base_model.model."): (m.lora_A[a].weight.detach().clone(),
                                                          m.lora_B[a].weight.detach() * m.scaling[a])
                 for name, m in tuned.named_modules() if isinstance(m, LoraLayer)
                 for a in m.active_adapters}
     model = tuned.unload().to(dtype)
-    model.low_rank = low_rank
-    return model
-
-
-def on_grid(model: PreTrainedModel) -> PreTrainedModel:
-    """Note on a float32 model whether its layers are 4-bit (quant.four_bit_grid: int4 then holds
-    them as they are), before a cast to bfloat16 rounds them off the grid."""
-    model.four_bit = model.config.model_type == "llama" and four_bit_grid(model)
+    # Judged in float32 above: a bfloat16 copy is off the grid by its own rounding.
+    model.low_rank, model.four_bit = low_rank, True
     return model
 
 

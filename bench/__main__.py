@@ -11,7 +11,6 @@ itself: there the plot is named after the report and the rest goes to bench/resu
 
 import argparse
 import json
-import os
 import shlex
 import signal
 import sys
@@ -106,10 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         if not any((model / f).exists() for f in ("config.json", "adapter_config.json")):
             log(f"no model at {model} (train one first, or pass --model DIR)")
             return 2
-        # The served settings changed from their defaults are part of what was measured.
-        changed = [f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("BACKSTORY_")]
-        command = shlex.join([*changed, "python", "-m", "bench",
-                              *(sys.argv[1:] if argv is None else argv)])
+        command = shlex.join(["python", "-m", "bench", *(sys.argv[1:] if argv is None else argv)])
         results = run_session(model, cfg, log)
         results.update(date=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), command=command,
                        quick=args.quick)
