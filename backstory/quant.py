@@ -49,6 +49,9 @@ def quantized(model: PreTrainedModel, kind: str, merge_dense: bool = False) -> P
         attn, mlp = layer.self_attn, layer.mlp
         attn.qkv_proj = fuse([attn.q_proj, attn.k_proj, attn.v_proj])
         mlp.gate_up_proj = fuse([mlp.gate_proj, mlp.up_proj])
+    for linear in model.modules():
+        if isinstance(linear, Int4Linear):
+            linear.pack_dense()
     release_freed_memory()
     return model
 
@@ -75,6 +78,7 @@ def fuse(parts: list[torch.nn.Module]) -> "Int4Linear | None":
     for name, dim in (("packed", 0), ("scales_zeros", 1), ("weight", 0)):  # packing is by row
         fused.register_buffer(name, torch.cat([getattr(p, name) for p in parts], dim=dim))
     fused.bias, fused.out_features = None, sum(p.out_features for p in parts)
+    fused.whole, fused.columns = None, slice(None)
     fused.in_features = parts[0].in_features
     fused.low_rank_a = fused.low_rank_b = fused.adapter = None
     fused.merged = parts[0].merged
@@ -86,6 +90,7 @@ def fuse(parts: list[torch.nn.Module]) -> "Int4Linear | None":
     for p in parts:
         rows = slice(start, start + p.out_features)
         p.packed, p.weight = fused.packed[rows], fused.weight[rows]
+        p.whole, p.columns = fused, rows
         start = rows.stop
     return fused
 
@@ -157,6 +162,8 @@ class Int4Linear(torch.nn.Module):
         self.register_buffer("scales_zeros", scales_zeros)
         self.register_buffer("weight", dense.to(dense_dtype()))
         self.bias = linear.bias
+        self.whole: Int4Linear | None = None  # the fused layer this one is part of (fuse)
+        self.columns = slice(None)  # its outputs there
         self.out_features = n
         self.in_features = k
         # An adapter's change, B @ A (B scaled), kept beside the 4-bit weights: it is smaller
@@ -202,10 +209,30 @@ class Int4Linear(torch.nn.Module):
     def dense(self, x: torch.Tensor) -> torch.Tensor:
         """x times the dequantized weights and the adapter's change (its exact product, or merged
         into them): a prefill's call, and a wide decode step's (Settings.dense_decode_rows)."""
-        y = F.linear(x.to(self.weight.dtype), self.weight).to(x.dtype)
+        if self.weight is None:  # a fused layer's part, packed (pack_dense): its columns there
+            return self.whole.dense(x)[..., self.columns]
+        if self.weight.is_mkldnn:
+            y = torch.ops.mkldnn._linear_pointwise(x.to(torch.bfloat16), self.weight, None,
+                                                   "none", [], "").to(x.dtype)
+        else:
+            y = F.linear(x.to(self.weight.dtype), self.weight).to(x.dtype)
         if self.low_rank_a is not None and not self.merged:
             y += x @ self.low_rank_a @ self.low_rank_b
         return y if self.bias is None else y + self.bias
+
+    def pack_dense(self) -> None:
+        """Hold the bfloat16 dequantized weights in oneDNN's blocked layout, in place of the plain
+        ones: given a plain weight, its matmul repacks it on every call, 25-40% of a prefill's or
+        a 32-row step's matmul time here (the same op inductor calls for frozen CPU linears; the
+        same sums, bit for bit). A fused layer's parts then compute through it and take their
+        columns (only transformers' forward calls them: the perplexity evaluation), so no weight
+        is held twice. Only with oneDNN's bfloat16 matmul (quant.dense_dtype)."""
+        if self.weight is None or self.weight.dtype is not torch.bfloat16:
+            return
+        plain, whole = self._buffers.pop("weight"), self.whole
+        # An opaque tensor: a plain attribute, never saved or moved (as LowRank4's packing).
+        self.weight = (None if whole is not None and whole.weight is not None
+                       else torch.ops.mkldnn._reorder_linear_weight(plain, None))
 
     def decode(self) -> Callable[[torch.Tensor], torch.Tensor]:
         """This layer's decode step, rows (m, in) -> (m, out), with its tensors bound once: what

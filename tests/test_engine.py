@@ -183,7 +183,7 @@ def test_int4_linear_holds_4bit_weights_exactly():
 
 def test_fused_int4_layers_compute_what_their_parts_do():
     """q, k and v (gate and up) in one kernel call: the same numbers, the weights held once."""
-    from backstory.quant import Int4Linear, fuse, pack_rows
+    from backstory.quant import Int4Linear, dense_dtype, fuse, pack_rows
 
     torch.manual_seed(0)
     block = pack_rows()  # 32 rows with AVX2, 64 with AVX512: parts must end on a block
@@ -199,6 +199,16 @@ def test_fused_int4_layers_compute_what_their_parts_do():
     assert not torch.allclose(adapted[0](x), x @ adapted[0].weight.float().T, atol=1e-3)  # it adds
     assert torch.allclose(fuse(adapted)(x), expected, atol=1e-6)
     assert parts[1].packed.data_ptr() == fused.packed[2 * block:].data_ptr()
+    # Dense weights packed for oneDNN (quantized() does it, parts first): a prefill's numbers
+    # stay the same bit for bit, and the parts compute through the fused layer (held once).
+    wide = torch.randn(3, 2, 64)
+    before = [layer.dense(wide) for layer in (*parts, fused)]
+    for layer in (*parts, fused):
+        layer.pack_dense()
+    if dense_dtype() is torch.bfloat16:
+        assert fused.weight.is_mkldnn and all(p.weight is None for p in parts)
+    after = [layer.dense(wide) for layer in (*parts, fused)]
+    assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True))
     # a first part that ends inside a block is not fused (it would compute garbage)
     assert fuse([Int4Linear(torch.nn.Linear(64, block + 16, bias=False)), parts[0]]) is None
 
