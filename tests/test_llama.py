@@ -7,7 +7,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
-from backstory.llama import BUCKET, SlotCache, supports
+from backstory import llama
+from backstory.llama import BUCKET, SlotCache, runs_of, supports
 from backstory.quant import quantized
 
 PROMPTS = ["Name: Aldric\nDescription: A knight of the marches.", "Hi",
@@ -134,6 +135,32 @@ def test_a_row_gets_the_same_logits_bit_for_bit_alone_or_beside_a_longer_row(
     else:  # float32 matmuls (MKL) sum one row in another order with 4 rows than with 1
         assert torch.equal(alone[0], beside[0])  # the prefill: each row alone
         torch.testing.assert_close(alone, beside, rtol=1e-5, atol=1e-6)
+
+
+def test_attention_splits_the_rows_where_their_lengths_drop_if_it_spares_enough():
+    """runs_of: rows in join order (the longest first), one or two runs, each over its own span."""
+    four_long, four_short = [300] * 4, [60] * 4  # spans of 320 and 64: 1024 row positions spared
+    assert runs_of(torch.tensor(four_long + four_short), 4096) == [(0, 4, 320), (4, 8, 64)]
+    assert runs_of(torch.tensor([300, 300, 60, 60]), 4096) == [(0, 4, 320)]  # 512: not worth it
+    assert runs_of(torch.tensor([60, 300, 60]), 4096) == [(0, 3, 320)]  # no split spares any
+    capped = torch.tensor([150] * 4 + four_short)  # 192 capped at 160: it spares only 384
+    assert runs_of(capped, 160) == [(0, 8, 160)]
+
+
+def test_two_attention_runs_give_each_row_the_logits_of_one(model_and_tokenizer, monkeypatch):
+    """A row's attention over its run's span, not the batch's: the same numbers bit for bit
+    (positions past a row's own weigh exactly 0 either way)."""
+    model, tokenizer = model_and_tokenizer
+    prompts = [" ".join(["the long road north"] * 20)] * 2 + PROMPTS[1:]  # long ones first
+    ids, mask = encode(tokenizer, prompts)
+    out = {}
+    for spared in (10**9, 0):  # never split, split wherever it spares a row position
+        monkeypatch.setattr(llama, "MIN_SPARED", spared)
+        slots = SlotCache(model, max_rows=len(prompts), max_len=1024)
+        out[spared] = [slots.prefill(ids, mask)]
+        out[spared] += [slots.decode_one_token(torch.full((len(prompts),), t)) for t in (5, 7, 9)]
+    assert len(runs_of(slots.lengths[: len(prompts)], 1024)) == 2  # it did split
+    assert all(torch.equal(a, b) for a, b in zip(out[10**9], out[0], strict=True))
 
 
 def test_a_prefill_that_fails_midway_takes_no_slot(model_and_tokenizer):
