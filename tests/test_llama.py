@@ -83,7 +83,7 @@ def test_slots_match_transformers_through_prefill_decode_leave_and_join(model_an
             logits = torch.cat([logits, slots.prefill(ids, mask)])
             running.append(2)
             check(logits)
-        if step == 9:  # the first row leaves: the last one moves into its slot
+        if step == 9:  # the first row leaves: the ring starts past it, nothing moves
             slots.keep([1, 2])
             logits, running = logits[1:], [1, 2]
         tokens = torch.randint(0, len(tokenizer), (len(running),))
@@ -92,6 +92,51 @@ def test_slots_match_transformers_through_prefill_decode_leave_and_join(model_an
         logits = slots.decode_one_token(tokens)
         check(logits)
     assert slots.rows == 2 and slots.span >= BUCKET
+
+
+def test_rows_keep_their_logits_as_the_ring_of_slots_wraps_closes_gaps_and_grows(
+        model_and_tokenizer):
+    """Rows join after the last row's slot, wrapping to slot 0; the first row leaving moves
+    nothing; a row leaving from the middle moves the fewer rows on one side; the ring unrolls
+    when it grows. Every row's logits stay its own throughout."""
+    model, tokenizer = model_and_tokenizer
+    prompts = [f"Name: Row {i}\nDescription: {'a tale ' * i}" for i in range(7)]  # one bucket
+    refs = {i: Reference(model, tokenizer(p)["input_ids"]) for i, p in enumerate(prompts)}
+    tolerance = 1e-2 if getattr(model, "adapted", False) else 1e-5
+    slots, running = SlotCache(model, max_rows=8, max_len=256), []
+    g = torch.Generator().manual_seed(0)
+
+    def join(*rows: int) -> None:
+        slots.prefill(*encode(tokenizer, [prompts[i] for i in rows]))
+        running.extend(rows)
+
+    def leave(row: int) -> None:
+        slots.keep([i for i, r in enumerate(running) if r != row])
+        running.remove(row)
+
+    def decode() -> None:
+        tokens = torch.randint(0, len(tokenizer), (len(running),), generator=g)
+        logits = slots.decode_one_token(tokens)
+        for row, token in zip(running, tokens.tolist(), strict=True):
+            refs[row].step([token])
+        expected = torch.stack([refs[r].logits for r in running])
+        torch.testing.assert_close(logits, expected, rtol=10 * tolerance, atol=tolerance)
+
+    join(0, 1, 2, 3)
+    decode()
+    leave(0)  # the first row: the ring starts at slot 1
+    assert (slots.start, slots.rows, slots.k[0].shape[0], slots.span) == (1, 3, 4, BUCKET)
+    join(4)  # into slot 0: rows 1..3 and 4 sit in slots 1..3 and 0 (attention in two pieces)
+    decode()
+    decode()
+    leave(2)  # from the middle: row 1 moves a slot up, the start with it
+    assert (slots.start, slots.rows) == (2, 3)
+    decode()
+    join(5, 6)  # 5 rows: the ring grows to 8 slots and unrolls
+    assert (slots.start, slots.k[0].shape[0]) == (0, 8)
+    decode()
+    with pytest.raises(ValueError, match="ascending"):
+        slots.keep([1, 0])
 
 
 def test_a_full_cache_refuses_new_rows_and_clear_frees_them(model_and_tokenizer):
